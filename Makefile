@@ -1,0 +1,32 @@
+# The project's commands (../shared/CONTRACTS.md). Each sets itself up in .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test ui benchmark clean
+
+# pip takes torch 2.14.1 / torchvision 0.29.1 from this machine's wheel store when it has one.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/mushroom-pipeline demo
+
+test: install
+	$(BIN)/python -m pytest
+
+ui: install
+	$(BIN)/mushroom-pipeline ui
+
+benchmark: install
+	$(BIN)/python benchmarks/env_daily_stats.py
+
+clean:
+	-$(BIN)/mushroom-pipeline db stop
+	rm -rf .mushroom

@@ -1,0 +1,19 @@
+"""Asset jobs, the units that schedules, sensors and the demo run."""
+
+import dagster as dg
+
+from mushroom_pipeline.partitions import daily_partitions
+
+environment_job = dg.define_asset_job(
+    "environment_job",
+    selection=dg.AssetSelection.groups("environment"),
+    partitions_def=daily_partitions,
+    description="Readings → validated readings → daily stats, for one day or a range.",
+)
+
+farm_daily_job = dg.define_asset_job(
+    "farm_daily_job",
+    selection=dg.AssetSelection.all(),
+    partitions_def=daily_partitions,
+    description="Every asset of the farm for one day: the main job.",
+)

@@ -1,0 +1,29 @@
+"""Schedules that replace the old cron jobs; they keep the old task names."""
+
+import datetime as dt
+
+import dagster as dg
+
+from mushroom_pipeline.automation.jobs import environment_job
+from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+
+
+def previous_day_partition(scheduled_at: dt.datetime) -> str | None:
+    """Yesterday in the farm's timezone, or None before the first partition."""
+    day = scheduled_at.astimezone(SETTINGS.tz).date() - dt.timedelta(days=1)
+    key = day.isoformat()
+    return key if key >= daily_partitions.get_first_partition_key() else None
+
+
+@dg.schedule(
+    name="daily_env_stats",
+    cron_schedule="3 1 * * *",
+    execution_timezone=SETTINGS.timezone,
+    job=environment_job,
+    description="01:03 farm time: yesterday's readings and daily stats.",
+)
+def daily_env_stats(context: dg.ScheduleEvaluationContext):
+    key = previous_day_partition(context.scheduled_execution_time)
+    if key is None:
+        return dg.SkipReason("yesterday precedes MUSHROOM_START_DATE")
+    return dg.RunRequest(run_key=f"daily_env_stats:{key}", partition_key=key)

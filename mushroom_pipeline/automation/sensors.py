@@ -1,0 +1,88 @@
+"""Sensors: work the cron jobs could not see, such as readings that arrive after their day ran."""
+
+import datetime as dt
+import json
+
+import dagster as dg
+
+from mushroom_pipeline.automation.jobs import environment_job
+from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.resources import PostgresResource
+
+LOOKBACK_DAYS = 14  # late data older than this needs a manual backfill
+MAX_RUNS_PER_TICK = 5  # the rest waits for the next tick, so one tick stays cheap
+
+
+def _rows_per_day(
+    database: PostgresResource, table: str, count: str, start: dt.datetime
+) -> dict[str, int]:
+    """{local day: `count`} of `table` from `start` on; empty when the table does not exist."""
+    with database.begin() as conn:
+        if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
+            return {}
+        rows = conn.exec_driver_sql(
+            f"SELECT measured_at::date, {count} FROM {table} WHERE measured_at >= %s GROUP BY 1",
+            (start,),
+        ).all()
+    return {day.isoformat(): int(n) for day, n in rows}
+
+
+def stale_partitions(
+    source_database: PostgresResource,
+    warehouse: PostgresResource,
+    materialized: set[str],
+    now: dt.datetime,
+) -> dict[str, int]:
+    """Materialized, closed days whose source row count differs from what was stored.
+
+    Stored = readings' source rows + quarantined rows, so every source row is accounted for and
+    any late (or deleted) row shows. Returns {partition key: source rows}.
+    """
+    today = now.astimezone(SETTINGS.tz).date()
+    first = today - dt.timedelta(days=LOOKBACK_DAYS)
+    start = dt.datetime.combine(first, dt.time(), tzinfo=SETTINGS.tz)
+    source = _rows_per_day(source_database, "iot.env_readings", "count(*)", start)
+    stored = _rows_per_day(warehouse, "mushroom.env_readings", "sum(source_rows)", start)
+    quarantined = _rows_per_day(warehouse, "mushroom.env_readings_quarantine", "count(*)", start)
+    for day, count in quarantined.items():
+        stored[day] = stored.get(day, 0) + count
+    return {
+        day: count
+        for day, count in sorted(source.items(), reverse=True)
+        if day in materialized and day < today.isoformat() and stored.get(day, 0) != count
+    }
+
+
+@dg.sensor(
+    name="late_env_readings_sensor",
+    job=environment_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=f"Re-runs already materialized days (last {LOOKBACK_DAYS}) whose source rows "
+    "changed since: late, repeated or deleted readings.",
+)
+def late_env_readings_sensor(
+    context: dg.SensorEvaluationContext,
+    source_database: PostgresResource,
+    warehouse: PostgresResource,
+):
+    materialized = context.instance.get_materialized_partitions(dg.AssetKey("env_readings"))
+    stale = stale_partitions(
+        source_database, warehouse, set(materialized), dt.datetime.now(dt.timezone.utc)
+    )
+    # The cursor remembers what was requested, so a day waiting for its run is not asked again.
+    requested: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+    new = {day: n for day, n in stale.items() if requested.get(day) != n}
+    batch = dict(list(new.items())[:MAX_RUNS_PER_TICK])
+    context.update_cursor(json.dumps({**{d: n for d, n in requested.items() if d in stale}, **batch}))
+    if not batch:
+        return dg.SkipReason(f"{len(stale)} day(s) with late data, none new")
+    return [
+        dg.RunRequest(
+            run_key=f"late_env_readings:{day}:{count}",
+            partition_key=day,
+            tags={"mushroom/trigger": "late_env_readings"},
+        )
+        for day, count in batch.items()
+        if daily_partitions.has_partition_key(day)
+    ]

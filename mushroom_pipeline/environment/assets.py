@@ -1,0 +1,222 @@
+"""Environment readings (temperature, humidity, CO2 per room) → validated readings → daily stats."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+
+from mushroom_pipeline.checks.environment import (
+    check_complete,
+    check_coverage,
+    check_invalid_share,
+    complete_spec,
+    coverage_spec,
+    invalid_share_spec,
+)
+from mushroom_pipeline.environment.readings import KNOWN_RANGES, validate_readings
+from mushroom_pipeline.io.postgres import PostgresRelation, read_frame
+from mushroom_pipeline.partitions import daily_partitions
+from mushroom_pipeline.resources import PostgresResource
+
+
+def column_schema(*columns: tuple[str, str] | tuple[str, str, str]) -> dg.TableSchema:
+    """(name, Postgres type[, description]) → the schema the I/O manager creates tables from."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(c[0], c[1], description=c[2] if len(c) > 2 else None) for c in columns]
+    )
+
+
+def column_types(schema: dg.TableSchema) -> dict[str, str]:
+    return {column.name: column.type for column in schema.columns}
+
+
+READINGS_SCHEMA = column_schema(
+    ("room", "text"),
+    ("metric", "text"),
+    ("measured_at", "timestamptz"),
+    ("value", "double precision", "mean of the source rows of this reading"),
+    ("source_rows", "bigint", "source rows folded into this reading (>1: duplicates)"),
+)
+QUARANTINE_SCHEMA = column_schema(
+    ("room", "text"),
+    ("metric", "text"),
+    ("measured_at", "timestamptz"),
+    ("value", "double precision"),
+    ("reason", "text", "null_value, nan_value, infinite_value, out_of_range, blank_room, ..."),
+)
+STATS_SCHEMA = column_schema(
+    ("day", "date", "the farm's local day"),
+    ("room", "text"),
+    ("metric", "text"),
+    ("n", "bigint", "valid readings"),
+    ("mean", "double precision"),
+    ("min", "double precision"),
+    ("max", "double precision"),
+    ("std", "double precision", "sample standard deviation (n-1); NULL when n = 1"),
+    ("p05", "double precision"),
+    ("p25", "double precision"),
+    ("p50", "double precision"),
+    ("p75", "double precision"),
+    ("p95", "double precision"),
+    ("cadence_s", "double precision", "median seconds between consecutive readings"),
+    ("coverage", "double precision", "n × cadence / length of the day, at most 1"),
+    ("n_invalid", "bigint", "quarantined source rows"),
+    ("duplicate_rows", "bigint", "source rows folded into other readings"),
+    ("first_at", "timestamptz"),
+    ("last_at", "timestamptz"),
+)
+
+SOURCE_TYPES = {
+    "room": "text",
+    "metric": "text",
+    "value": "double precision",
+    "value_is_null": "boolean",
+    "measured_at": "timestamptz",
+}
+
+
+def extract_source_readings(source: PostgresResource, window: dg.TimeWindow) -> pd.DataFrame:
+    """The source rows measured inside `window`, streamed with COPY."""
+    with source.begin() as conn:
+        if conn.exec_driver_sql("SELECT to_regclass('iot.env_readings')").scalar() is None:
+            raise dg.Failure(
+                f"The source database has no table iot.env_readings (configured by "
+                f"{source.url_variable}); see ../shared/CONTRACTS.md for its columns."
+            )
+        return read_frame(
+            conn,
+            "SELECT room, metric, value, value IS NULL AS value_is_null, measured_at "
+            "FROM iot.env_readings "
+            f"WHERE measured_at >= '{window.start.isoformat()}' "
+            f"AND measured_at < '{window.end.isoformat()}'",
+            SOURCE_TYPES,
+        )
+
+
+@dg.multi_asset(
+    outs={
+        "env_readings": dg.AssetOut(
+            description="The day's valid readings of iot.env_readings, one row per "
+            "(room, metric, measured_at): duplicates folded into their mean.",
+            metadata={"partition_expr": "measured_at", "dagster/column_schema": READINGS_SCHEMA},
+            kinds={"postgres"},
+        ),
+        "env_readings_quarantine": dg.AssetOut(
+            description="The day's invalid source rows, each with the reason it was set aside.",
+            metadata={"partition_expr": "measured_at", "dagster/column_schema": QUARANTINE_SCHEMA},
+            kinds={"postgres"},
+        ),
+    },
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[invalid_share_spec],
+    group_name="environment",
+)
+def env_readings(context: dg.AssetExecutionContext, source_database: PostgresResource):
+    window = context.partition_time_window
+    raw = extract_source_readings(source_database, window)
+    validated = validate_readings(raw)
+    readings, quarantine = validated.readings, validated.quarantine
+    by_reason = quarantine["reason"].value_counts().to_dict()
+    unknown = sorted(set(readings["metric"].unique()) - set(KNOWN_RANGES))
+    context.log.info(
+        f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {len(raw)} source rows → "
+        f"{len(readings)} readings, {len(quarantine)} quarantined {by_reason}, "
+        f"{validated.duplicate_rows} duplicates folded"
+    )
+    yield dg.Output(
+        readings,
+        output_name="env_readings",
+        metadata={
+            "source_rows": len(raw),
+            "invalid_rows": len(quarantine),
+            "invalid_by_reason": dg.MetadataValue.json(by_reason),
+            "duplicate_rows_folded": validated.duplicate_rows,
+            "rooms": readings["room"].nunique(),
+            "metrics_without_range": dg.MetadataValue.json(unknown),
+        },
+    )
+    yield dg.Output(
+        quarantine,
+        output_name="env_readings_quarantine",
+        metadata={"invalid_by_reason": dg.MetadataValue.json(by_reason)},
+    )
+    yield check_invalid_share(len(raw), quarantine)
+
+
+STATS_SQL = """
+WITH r AS (
+    SELECT room, metric, value, source_rows, measured_at, measured_at::date AS day
+    FROM ({readings}) s
+), gaps AS (
+    SELECT *, extract(epoch FROM measured_at - lag(measured_at) OVER (
+        PARTITION BY day, room, metric ORDER BY measured_at)) AS gap_s
+    FROM r
+), agg AS (
+    SELECT day, room, metric, count(*) AS n, avg(value) AS mean, min(value) AS min,
+           max(value) AS max, stddev_samp(value) AS std,
+           percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95])
+               WITHIN GROUP (ORDER BY value) AS p,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY gap_s) AS cadence_s,
+           sum(source_rows) - count(*) AS duplicate_rows,
+           min(measured_at) AS first_at, max(measured_at) AS last_at
+    FROM gaps GROUP BY day, room, metric
+), invalid AS (
+    SELECT measured_at::date AS day, room, metric, count(*) AS n_invalid
+    FROM ({quarantine}) q GROUP BY 1, 2, 3
+)
+SELECT agg.day, agg.room, agg.metric, n, mean, min, max, std,
+       p[1] AS p05, p[2] AS p25, p[3] AS p50, p[4] AS p75, p[5] AS p95, cadence_s,
+       -- the session runs in the farm's timezone: a day lasts 23 or 25 hours across DST
+       least(1.0, n * cadence_s / extract(epoch FROM (agg.day + 1)::timestamptz
+                                                    - agg.day::timestamptz)) AS coverage,
+       coalesce(n_invalid, 0) AS n_invalid, duplicate_rows, first_at, last_at
+FROM agg LEFT JOIN invalid USING (day, room, metric)
+ORDER BY 1, 2, 3
+"""
+
+SEEN_SQL = """
+SELECT DISTINCT measured_at::date AS day, room, metric FROM ({readings}) s
+UNION SELECT DISTINCT measured_at::date, room, metric FROM ({quarantine}) q
+"""
+
+
+@dg.asset(
+    description="Daily statistics per room and metric of the valid readings (contract columns "
+    "plus cadence, coverage, invalid and duplicate counts), computed inside Postgres.",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"partition_expr": "day", "dagster/column_schema": STATS_SCHEMA},
+    check_specs=[coverage_spec, complete_spec],
+    group_name="environment",
+    kinds={"postgres"},
+)
+def env_daily_stats(
+    context: dg.AssetExecutionContext,
+    warehouse: PostgresResource,
+    env_readings: PostgresRelation,
+    env_readings_quarantine: PostgresRelation,
+):
+    relations = {"readings": env_readings.sql, "quarantine": env_readings_quarantine.sql}
+    with warehouse.begin() as conn:
+        stats = read_frame(conn, STATS_SQL.format(**relations), column_types(STATS_SCHEMA))
+        seen = read_frame(
+            conn, SEEN_SQL.format(**relations), {"day": "date", "room": "text", "metric": "text"}
+        )
+    means = stats.groupby("metric")["mean"].mean()
+    context.log.info(f"{len(stats)} stats rows for {stats['day'].nunique()} day(s)")
+    yield dg.Output(
+        stats,
+        metadata={
+            "days": stats["day"].nunique(),
+            "rooms": stats["room"].nunique(),
+            "readings": int(stats["n"].sum()),
+            **{f"mean_{metric}": float(means[metric]) for metric in KNOWN_RANGES if metric in means},
+            "lowest_coverage": float(stats["coverage"].fillna(0).min()) if len(stats) else 1.0,
+            "rooms_by_day": dg.MetadataValue.json(
+                json.loads(stats.groupby(stats["day"].astype(str))["room"].nunique().to_json())
+            ),
+        },
+    )
+    yield check_coverage(stats)
+    yield check_complete(stats, seen)

@@ -1,0 +1,326 @@
+"""Partition-aware pandas ↔ Postgres I/O manager, built on Dagster's DbIOManager (as dagster-duckdb).
+
+Writing a partition (or a range of partitions) runs in ONE transaction: lock the table, delete the
+slice, create the table if it is new, COPY the frame in. Readers see the old rows or the new ones,
+never a gap; a failure anywhere rolls back to the old rows.
+
+Columns and their Postgres types come from the asset's `dagster/column_schema` metadata (shown in
+the UI too); columns not declared there are inferred from the frame's dtypes.
+
+Two load types: `pd.DataFrame` (the slice's rows, via COPY) and `PostgresRelation` (the slice's
+SELECT statement, for steps that aggregate inside the database instead of moving rows).
+"""
+
+import csv
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from dagster._core.definitions.partitions.utils import TimeWindow
+from dagster._core.storage.db_io_manager import (
+    DbClient,
+    DbIOManager,
+    DbTypeHandler,
+    TablePartitionDimension,
+    TableSlice,
+    static_where_clause,
+)
+from pydantic import Field
+
+from mushroom_pipeline.resources import PostgresResource
+
+NULL = r"\N"  # COPY's NULL marker: keeps NULL apart from an empty string in text columns
+
+
+class PostgresRelation(NamedTuple):
+    """The SELECT statement of an upstream table slice, to use as a subquery."""
+
+    sql: str
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified_name(table_slice: TableSlice) -> str:
+    return f"{quote_ident(table_slice.schema)}.{quote_ident(table_slice.table)}"
+
+
+def _time_window_clause(dimension: TablePartitionDimension) -> str:
+    window = dimension.partitions
+    assert isinstance(window, TimeWindow)
+    # The session runs in the farm's timezone, so a DATE column compares as local midnight.
+    return (
+        f"{dimension.partition_expr} >= '{window.start.isoformat()}'::timestamptz AND "
+        f"{dimension.partition_expr} < '{window.end.isoformat()}'::timestamptz"
+    )
+
+
+def where_clause(table_slice: TableSlice) -> str:
+    clauses = []
+    for dimension in table_slice.partition_dimensions or []:
+        if isinstance(dimension.partitions, TimeWindow):
+            clauses.append(_time_window_clause(dimension))
+        elif dimension.partitions:
+            clauses.append(static_where_clause(dimension))
+    return " AND ".join(f"({c})" for c in clauses) or "TRUE"
+
+
+def _table_exists(connection: sa.Connection, table_slice: TableSlice) -> bool:
+    return (
+        connection.exec_driver_sql(
+            "SELECT to_regclass(%s)", (qualified_name(table_slice),)
+        ).scalar()
+        is not None
+    )
+
+
+class PostgresClient(DbClient):
+    def __init__(self, database: PostgresResource):
+        self._database = database
+
+    @contextmanager
+    def connect(self, context, table_slice: TableSlice) -> Iterator[sa.Connection]:
+        with self._database.begin() as connection:
+            yield connection
+
+    def ensure_schema_exists(self, context, table_slice: TableSlice, connection) -> None:
+        connection.exec_driver_sql(
+            f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table_slice.schema)}"
+        )
+
+    def delete_table_slice(self, context, table_slice: TableSlice, connection) -> None:
+        # Two runs writing the same table wait for each other, so concurrent re-materializations
+        # of one partition cannot both delete and then both insert.
+        connection.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (qualified_name(table_slice),)
+        )
+        if _table_exists(connection, table_slice):
+            connection.exec_driver_sql(
+                f"DELETE FROM {qualified_name(table_slice)} WHERE {where_clause(table_slice)}"
+            )
+
+    @staticmethod
+    def get_table_name(table_slice: TableSlice) -> str:
+        return f"{table_slice.schema}.{table_slice.table}"
+
+    @staticmethod
+    def get_select_statement(table_slice: TableSlice) -> str:
+        columns = (
+            ", ".join(quote_ident(c) for c in table_slice.columns) if table_slice.columns else "*"
+        )
+        return (
+            f"SELECT {columns} FROM {qualified_name(table_slice)} "
+            f"WHERE {where_clause(table_slice)}"
+        )
+
+
+def declared_column_types(context: dg.OutputContext) -> dict[str, str]:
+    schema = (context.definition_metadata or {}).get("dagster/column_schema")
+    if schema is None:
+        return {}
+    schema = getattr(schema, "schema", schema)  # TableSchemaMetadataValue or TableSchema
+    return {column.name: column.type for column in schema.columns}
+
+
+def _inferred_type(series: pd.Series) -> str:
+    dtype = series.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return "timestamptz"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "bigint"
+    if pd.api.types.is_float_dtype(dtype):
+        return "double precision"
+    if pd.api.types.is_datetime64_dtype(dtype):
+        raise ValueError(
+            f"column {series.name!r} holds timestamps without a timezone; localize it first "
+            "(the warehouse stores timestamptz)"
+        )
+    return "text"
+
+
+def _csv_column(series: pd.Series, pg_type: str) -> pd.Series:
+    """One column as COPY text; vectorized for the big ones (timestamps)."""
+    if pg_type.startswith("timestamp"):
+        values = pd.to_datetime(series, utc=True)
+        text = np.datetime_as_string(
+            values.dt.tz_localize(None).to_numpy().astype("datetime64[us]"), unit="us"
+        )
+        return pd.Series(np.char.add(text, "+00"), index=series.index).where(values.notna(), NULL)
+    if pg_type == "date":
+        return pd.to_datetime(series).dt.strftime("%Y-%m-%d")
+    if pg_type in ("double precision", "real") and series.dtype == object:
+        # An object column keeps NULL (None) apart from NaN (float nan), as the source may.
+        return series.map(lambda v: NULL if v is None else "NaN" if v != v else repr(float(v)))
+    if pg_type.startswith("vector"):
+        return series.map(lambda v: "[" + ",".join(repr(float(x)) for x in v) + "]")
+    return series
+
+
+def copy_frame(connection: sa.Connection, table: str, frame: pd.DataFrame, types: Mapping[str, str]):
+    buffer = io.StringIO()
+    pd.DataFrame({name: _csv_column(frame[name], types[name]) for name in frame.columns}).to_csv(
+        buffer, index=False, header=False, na_rep=NULL, quoting=csv.QUOTE_MINIMAL
+    )
+    buffer.seek(0)
+    columns = ", ".join(quote_ident(c) for c in frame.columns)
+    cursor = connection.connection.dbapi_connection.cursor()
+    cursor.copy_expert(
+        f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')", buffer
+    )
+
+
+def _check_inside_window(frame: pd.DataFrame, dimension: TablePartitionDimension, pg_type: str):
+    """Rows outside the written window would survive the next re-materialization: refuse them."""
+    window = dimension.partitions
+    column = dimension.partition_expr
+    if not isinstance(window, TimeWindow) or column not in frame.columns or frame.empty:
+        return
+    if pg_type == "date":
+        values = pd.to_datetime(frame[column]).dt.date
+        low, high = window.start.date(), window.end.date()
+    else:
+        values = pd.to_datetime(frame[column], utc=True)
+        low, high = pd.Timestamp(window.start), pd.Timestamp(window.end)
+    outside = ~((values >= low) & (values < high))
+    if outside.any():
+        raise ValueError(
+            f"{int(outside.sum())} row(s) have {column} outside the partition window "
+            f"[{window.start.isoformat()}, {window.end.isoformat()}), e.g. "
+            f"{frame.loc[outside, column].iloc[0]!r}; they would never be replaced"
+        )
+
+
+def markdown_preview(frame: pd.DataFrame, rows: int = 10) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "(no rows)")
+
+
+class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
+    def handle_output(self, context: dg.OutputContext, table_slice: TableSlice, obj, connection):
+        declared = declared_column_types(context)
+        missing = [c for c in declared if c not in obj.columns]
+        if missing:
+            raise ValueError(f"{table_slice.table}: the frame lacks declared columns {missing}")
+        types = {c: declared.get(c) or _inferred_type(obj[c]) for c in obj.columns}
+        for dimension in table_slice.partition_dimensions or []:
+            _check_inside_window(obj, dimension, types.get(dimension.partition_expr, ""))
+        table = qualified_name(table_slice)
+        if not _table_exists(connection, table_slice):
+            columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
+            connection.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
+            for dimension in table_slice.partition_dimensions or []:
+                if dimension.partition_expr in types:
+                    connection.exec_driver_sql(
+                        f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
+                    )
+        if len(obj):
+            copy_frame(connection, table, obj, types)
+        return {
+            "dagster/row_count": len(obj),
+            "preview": markdown_preview(obj),
+        }
+
+    def load_input(self, context: dg.InputContext, table_slice: TableSlice, connection):
+        if not _table_exists(connection, table_slice):
+            raise dg.Failure(
+                f"{qualified_name(table_slice)} does not exist: materialize "
+                f"{table_slice.table} first"
+            )
+        types = dict(
+            connection.exec_driver_sql(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
+                "ORDER BY attnum",
+                (qualified_name(table_slice),),
+            ).all()
+        )
+        if table_slice.columns:
+            types = {c: types[c] for c in table_slice.columns}
+        return read_frame(connection, PostgresClient.get_select_statement(table_slice), types)
+
+    @property
+    def supported_types(self):
+        return [pd.DataFrame]
+
+
+class RelationTypeHandler(DbTypeHandler[PostgresRelation]):
+    def handle_output(self, context, table_slice, obj, connection):
+        raise NotImplementedError("PostgresRelation is a load type only")
+
+    def load_input(self, context, table_slice: TableSlice, connection) -> PostgresRelation:
+        return PostgresRelation(PostgresClient.get_select_statement(table_slice))
+
+    @property
+    def supported_types(self):
+        return [PostgresRelation]
+
+
+def read_frame(connection: sa.Connection, query: str, types: Mapping[str, str]) -> pd.DataFrame:
+    """Runs `query` (whose columns have the Postgres `types`) through COPY into a typed frame."""
+    selects = []
+    for name, pg_type in types.items():
+        if pg_type.startswith("timestamp"):
+            # Integer microseconds since the epoch: exact, and fast to parse.
+            selects.append(
+                f"(extract(epoch FROM {quote_ident(name)}) * 1000000)::bigint AS {quote_ident(name)}"
+            )
+        else:
+            selects.append(quote_ident(name))
+    buffer = io.StringIO()
+    cursor = connection.connection.dbapi_connection.cursor()
+    cursor.copy_expert(
+        f"COPY (SELECT {', '.join(selects)} FROM ({query}) q) TO STDOUT "
+        f"WITH (FORMAT csv, HEADER, NULL '{NULL}')",
+        buffer,
+    )
+    buffer.seek(0)
+    floats = {n for n, t in types.items() if t in ("double precision", "real")}
+    frame = pd.read_csv(
+        buffer,
+        dtype={n: ("float64" if n in floats else str) for n, t in types.items()
+               if n in floats or t in ("text", "date", "boolean") or t.startswith("vector")},
+        keep_default_na=False,
+        # Postgres writes NaN as 'NaN'; with NULL as \N the two stay apart everywhere else.
+        na_values={n: [NULL, "NaN"] if n in floats else [NULL] for n in types},
+    )
+    zone = connection.exec_driver_sql("SHOW timezone").scalar()  # the farm's, set per session
+    for name, pg_type in types.items():
+        column = frame[name]
+        if pg_type.startswith("timestamp"):
+            frame[name] = pd.to_datetime(column, unit="us", utc=True).dt.tz_convert(zone)
+        elif pg_type == "date":
+            frame[name] = pd.to_datetime(column).dt.date
+        elif pg_type == "boolean":
+            frame[name] = column.map({"t": True, "f": False})
+        elif pg_type in ("bigint", "integer", "smallint"):
+            frame[name] = column.astype("Int64")
+        elif pg_type.startswith("vector"):
+            frame[name] = column.map(
+                lambda v: np.array(v[1:-1].split(","), dtype=np.float32), na_action="ignore"
+            )
+    return frame
+
+
+class PostgresPandasIOManager(dg.ConfigurableIOManagerFactory):
+    """Stores pandas frames as Postgres tables, one partition slice per write."""
+
+    database: PostgresResource
+    schema_: str = Field(default="mushroom", alias="schema", description="schema of the tables")
+
+    def create_io_manager(self, context) -> DbIOManager:
+        return DbIOManager(
+            type_handlers=[PandasPostgresTypeHandler(), RelationTypeHandler()],
+            db_client=PostgresClient(self.database),
+            database="warehouse",
+            schema=self.schema_,
+            io_manager_name="PostgresPandasIOManager",
+            default_load_type=pd.DataFrame,
+        )
+

@@ -1,0 +1,88 @@
+"""Resources: the Postgres databases (warehouse and the farm's IoT source)."""
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+
+from mushroom_pipeline import embedded
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database cannot be reached; the message names the variable that configures it."""
+
+
+def _redact(url: sa.URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+@functools.cache
+def _engine(url: str | None, home: str, variable: str, timezone: str, timeout_s: int) -> sa.Engine:
+    """One pooled engine per configuration and process, checked by a first connection.
+
+    The check makes a missing or unreachable server fail here, within `timeout_s`, with the
+    variable to fix, instead of somewhere deep in a run (the old scheduler hung on a Redis
+    that was never deployed).
+    """
+    if url is None:
+        try:
+            url = embedded.server_url(Path(home))
+        except Exception as err:
+            raise DatabaseUnavailableError(
+                f"{variable} is unset, so the embedded Postgres under MUSHROOM_HOME={home} was "
+                f"started, and that failed: {err}. Set {variable} to a Postgres server's URL, or "
+                "check that MUSHROOM_HOME is writable."
+            ) from err
+    # psycopg2 is the driver: its COPY support carries the bulk loads, and SQLAlchemy 2.1 would
+    # otherwise pick psycopg 3 for a bare postgresql:// URL.
+    parsed = sa.make_url(url).set(drivername="postgresql+psycopg2")
+    engine = sa.create_engine(
+        parsed,
+        pool_pre_ping=True,
+        connect_args={
+            "connect_timeout": timeout_s,
+            "application_name": "mushroom_pipeline",
+            "options": f"-c timezone={timezone}",
+        },
+    )
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.OperationalError as err:
+        engine.dispose()
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        raise DatabaseUnavailableError(
+            f"Cannot connect to the database {_redact(parsed)} within {timeout_s} s: {reason}. "
+            f"Check that the server is running, or fix {variable}."
+        ) from None
+    return engine
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """A Postgres database. With no `url`, the embedded server under `home` (database `mushroom`).
+
+    Every session runs in the farm's timezone, so `timestamptz::date` is the farm's local day.
+    """
+
+    url: str | None = Field(default=None, description="SQLAlchemy URL; unset → embedded server")
+    home: str = Field(default=".mushroom", description="MUSHROOM_HOME, for the embedded server")
+    timezone: str = Field(default="UTC", description="the farm's IANA timezone")
+    url_variable: str = Field(
+        default="MUSHROOM_DATABASE_URL", description="named in errors as the variable to fix"
+    )
+    connect_timeout_s: int = Field(default=5, description="seconds to wait for a connection")
+
+    def get_engine(self) -> sa.Engine:
+        return _engine(
+            self.url, self.home, self.url_variable, self.timezone, self.connect_timeout_s
+        )
+
+    @contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """A connection in one transaction: committed on success, rolled back on error."""
+        with self.get_engine().begin() as conn:
+            yield conn
