@@ -1,0 +1,38 @@
+"""Tests run against a real embedded Postgres + pgvector under a temporary MUSHROOM_HOME."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# The definitions read the environment at import: settle it before any project import.
+for name in list(os.environ):
+    if name.startswith("MUSHROOM_") or name == "DAGSTER_HOME":
+        del os.environ[name]
+TEST_HOME = Path(tempfile.mkdtemp(prefix="mushroom-test-"))
+os.environ["MUSHROOM_HOME"] = str(TEST_HOME)
+os.environ["MUSHROOM_START_DATE"] = "2015-01-01"  # the UCI readings are from February 2015
+
+import pytest  # noqa: E402
+
+from mushroom_pipeline import embedded  # noqa: E402
+from mushroom_pipeline.demo.farm import SOURCE_DDL  # noqa: E402
+from mushroom_pipeline.resources import PostgresResource  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedded_server():
+    url = embedded.server_url(TEST_HOME)
+    yield url
+    embedded.stop(TEST_HOME)
+
+
+@pytest.fixture
+def warehouse() -> PostgresResource:
+    """The warehouse (= source) database, emptied of the project's schemas."""
+    resource = PostgresResource(home=str(TEST_HOME))
+    with resource.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA IF EXISTS mushroom CASCADE; DROP SCHEMA IF EXISTS iot CASCADE")
+        conn.exec_driver_sql(SOURCE_DDL)
+    return resource

@@ -1,0 +1,37 @@
+"""Shared test helpers: source rows in, Dagster runs, tables out."""
+
+import dagster as dg
+import pandas as pd
+
+from mushroom_pipeline.demo.farm import ENV_TYPES
+from mushroom_pipeline.io.postgres import copy_frame
+from mushroom_pipeline.resources import PostgresResource
+
+
+def insert_readings(database: PostgresResource, rows) -> None:
+    """rows: (room, metric, value, measured_at); value None is NULL, float('nan') is NaN."""
+    rows = list(rows)
+    frame = pd.DataFrame(rows, columns=["room", "metric", "value", "measured_at"])
+    frame["value"] = pd.Series([row[2] for row in rows], dtype=object)  # keeps None apart from NaN
+    frame["measured_at"] = pd.to_datetime(frame["measured_at"], utc=True, format="ISO8601")
+    with database.begin() as conn:
+        copy_frame(conn, "iot.env_readings", frame, ENV_TYPES)
+
+
+def query(database: PostgresResource, sql: str, **params) -> pd.DataFrame:
+    with database.begin() as conn:
+        return pd.read_sql_query(sql, conn, params=params or None)
+
+
+def range_tags(start: str, end: str) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    """Every message of the first failed step's error chain."""
+    error = result.get_step_failure_events()[0].event_specific_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)

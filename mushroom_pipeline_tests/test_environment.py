@@ -1,0 +1,212 @@
+"""env_readings → env_daily_stats on real and hostile data, through Dagster, on the real Postgres."""
+
+import math
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from mushroom_pipeline.definitions import database_resources
+from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+
+from .conftest import DATA
+from .helpers import failure_text, insert_readings, query, range_tags
+
+ASSETS = [env_readings, env_daily_stats]
+CONTRACT_COLUMNS = ["n", "mean", "min", "max", "std", "p05", "p25", "p50", "p75", "p95"]
+UCI_METRICS = {
+    "Temperature": "temperature_c",
+    "Humidity": "humidity_pct",
+    "CO2": "co2_ppm",
+    "Light": "light_lux",
+}
+
+
+def run(partition_key=None, start=None, end=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        ASSETS,
+        partition_key=partition_key,
+        tags=range_tags(start, end) if start else None,
+        resources=database_resources(),
+    )
+
+
+def stats(warehouse) -> pd.DataFrame:
+    return query(warehouse, "SELECT * FROM mushroom.env_daily_stats ORDER BY day, room, metric")
+
+
+def check_results(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def uci_readings() -> pd.DataFrame:
+    folder = DATA / "uci-occupancy"
+    if not folder.exists():
+        pytest.fail(f"the UCI readings are missing: expected {folder} (../shared beside the repo)")
+    raw = pd.concat(
+        [pd.read_csv(folder / name) for name in ("datatest.txt", "datatraining.txt", "datatest2.txt")]
+    )
+    raw["measured_at"] = pd.to_datetime(raw["Date"]).dt.tz_localize("UTC")
+    long = raw.melt(
+        id_vars="measured_at", value_vars=list(UCI_METRICS), var_name="column", value_name="value"
+    )
+    long["metric"] = long["column"].map(UCI_METRICS)
+    long["room"] = "uci office"
+    return long[["room", "metric", "value", "measured_at"]]
+
+
+def independent_stats(readings: pd.DataFrame) -> pd.DataFrame:
+    """The contract's statistics with NumPy, from the rows as read from the files."""
+    folded = readings.groupby(["room", "metric", "measured_at"], as_index=False)["value"].mean()
+    folded["day"] = folded["measured_at"].dt.date
+    rows = []
+    for (day, room, metric), group in folded.groupby(["day", "room", "metric"]):
+        values = group["value"].to_numpy()
+        gaps = np.diff(np.sort(group["measured_at"].to_numpy())).astype("timedelta64[us]").astype(float) / 1e6
+        cadence = float(np.median(gaps)) if len(gaps) else math.nan
+        rows.append(
+            {
+                "day": day, "room": room, "metric": metric, "n": len(values),
+                "mean": values.mean(), "min": values.min(), "max": values.max(),
+                "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                **dict(zip(["p05", "p25", "p50", "p75", "p95"],
+                           np.percentile(values, [5, 25, 50, 75, 95]))),
+                "cadence_s": cadence,
+                "coverage": min(1.0, len(values) * cadence / 86400),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_stats_of_the_uci_readings_match_an_independent_computation(warehouse):
+    readings = uci_readings()
+    insert_readings(warehouse, readings.itertuples(index=False))
+    result = run(start="2015-02-02", end="2015-02-18")
+    assert result.success
+    assert len(result.get_step_success_events()) == 2  # the 17 days ran as one step per asset
+
+    actual = stats(warehouse)
+    expected = independent_stats(readings)
+    assert len(actual) == len(expected) == 17 * 4
+    merged = expected.merge(actual, on=["day", "room", "metric"], suffixes=("_expected", ""))
+    assert len(merged) == len(expected)
+    for column in CONTRACT_COLUMNS + ["cadence_s", "coverage"]:
+        np.testing.assert_allclose(
+            merged[column].astype(float), merged[f"{column}_expected"].astype(float),
+            rtol=1e-9, atol=1e-9, err_msg=column,
+        )
+    assert (actual["n_invalid"] == 0).all()
+    partial_first_day = actual[actual["day"].astype(str) == "2015-02-02"]
+    assert (partial_first_day["coverage"] < 0.5).all()  # the data starts at 14:19
+    assert not check_results(result)["coverage_per_room"].passed
+
+
+BAD_DAY = [
+    ("room A", "temperature_c", 20.0, "2026-01-13 00:00"),
+    ("room A", "temperature_c", 21.0, "2026-01-13 00:01"),
+    ("room A", "temperature_c", float("nan"), "2026-01-13 00:02"),
+    ("room A", "temperature_c", None, "2026-01-13 00:03"),
+    ("room A", "temperature_c", 75.0, "2026-01-13 00:04"),
+    ("room A", "temperature_c", 22.0, "2026-01-13 00:05"),  # the same reading twice,
+    ("room A", "temperature_c", 24.0, "2026-01-13 00:05"),  # with different values
+    ("room A", "temperature_c", float("nan"), "2026-01-13 00:05"),  # and once broken
+    ("room A", "humidity_pct", -0.5, "2026-01-13 00:00"),
+    ("room A", "humidity_pct", 100.0, "2026-01-13 00:01"),
+    ("room A", "humidity_pct", 0.0, "2026-01-13 00:02"),
+    ("room A", "co2_ppm", 50000.5, "2026-01-13 00:00"),
+    ("room A", "co2_ppm", 50000.0, "2026-01-13 00:01"),
+    ("room A", "light_lux", 1e9, "2026-01-13 00:00"),  # unknown metric: no range
+    ("room A", "light_lux", float("inf"), "2026-01-13 00:01"),
+    ('O\'Brien "north" room', "temperature_c", 18.0, "2026-01-13 12:00"),
+    ("", "temperature_c", 18.0, "2026-01-13 12:00"),
+    ("room A", "temperature_c", -20.0, "2026-01-12 23:59:59.999999"),  # the day before
+    ("room A", "temperature_c", 60.0, "2026-01-14 00:00"),  # the day after
+]
+
+
+def test_bad_readings_are_quarantined_with_their_reason_and_nothing_is_lost(warehouse):
+    insert_readings(warehouse, BAD_DAY)
+    result = run("2026-01-13")
+    assert result.success
+
+    quarantine = query(warehouse, "SELECT room, metric, reason FROM mushroom.env_readings_quarantine")
+    assert sorted(quarantine["reason"]) == sorted(
+        ["nan_value", "null_value", "out_of_range", "nan_value", "out_of_range",
+         "out_of_range", "infinite_value", "blank_room"]
+    )
+    readings = query(warehouse, "SELECT * FROM mushroom.env_readings")
+    # every source row of the day is a reading, part of a folded reading, or quarantined
+    assert readings["source_rows"].sum() + len(quarantine) == len(BAD_DAY) - 2
+
+    table = stats(warehouse).set_index(["room", "metric"])
+    temperature = table.loc[("room A", "temperature_c")]
+    values = np.array([20.0, 21.0, 23.0])  # 22 and 24 at 00:05 are one reading of 23
+    assert temperature["n"] == 3 and temperature["duplicate_rows"] == 1
+    assert temperature["mean"] == pytest.approx(values.mean())
+    assert temperature["std"] == pytest.approx(values.std(ddof=1))
+    assert temperature["p25"] == pytest.approx(np.percentile(values, 25))
+    assert temperature["n_invalid"] == 4
+    assert table.loc[("room A", "humidity_pct"), "n"] == 2
+    assert table.loc[("room A", "co2_ppm"), "max"] == 50000.0
+    assert table.loc[("room A", "light_lux"), "max"] == 1e9
+    quoted = table.loc[('O\'Brien "north" room', "temperature_c")]
+    assert quoted["n"] == 1 and pd.isna(quoted["std"]) and quoted["p95"] == 18.0
+    assert "" not in table.index.get_level_values("room")
+
+    materialization = result.asset_materializations_for_node("env_readings")[0]
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata["source_rows"] == len(BAD_DAY) - 2
+    assert metadata["invalid_rows"] == 8
+    assert metadata["invalid_by_reason"]["out_of_range"] == 3
+    assert metadata["metrics_without_range"] == ["light_lux"]
+    checks = check_results(result)
+    assert not checks["invalid_share"].passed  # 8 of 17 rows
+    completeness = checks["stats_for_every_room_metric"]  # the blank room's only row is invalid
+    assert not completeness.passed and completeness.metadata["groups_without_stats"].value == 1
+
+
+def test_a_room_metric_with_only_invalid_readings_fails_the_completeness_check(warehouse):
+    insert_readings(warehouse, [
+        ("room A", "temperature_c", 18.0, "2026-01-13 00:00"),
+        ("room B", "humidity_pct", 130.0, "2026-01-13 00:00"),
+    ])
+    result = run("2026-01-13")
+    assert result.success
+    check = check_results(result)["stats_for_every_room_metric"]
+    assert not check.passed and check.metadata["groups_without_stats"].value == 1
+
+
+def test_a_day_without_data_materializes_empty_and_a_room_may_appear_mid_range(warehouse):
+    insert_readings(warehouse, [
+        ("room A", "temperature_c", 18.0, "2026-01-13 10:00"),
+        ("room A", "temperature_c", 19.0, "2026-01-15 10:00"),
+        ("room B", "temperature_c", 17.0, "2026-01-15 10:00"),
+    ])
+    assert run("2026-01-14").success
+    assert stats(warehouse).empty
+    result = run(start="2026-01-13", end="2026-01-15")
+    assert result.success
+    table = stats(warehouse)
+    assert [(str(d), r) for d, r in zip(table["day"], table["room"])] == [
+        ("2026-01-13", "room A"), ("2026-01-15", "room A"), ("2026-01-15", "room B"),
+    ]
+
+
+def test_rerunning_a_day_changes_nothing(warehouse):
+    insert_readings(warehouse, BAD_DAY)
+    assert run("2026-01-13").success
+    first = (stats(warehouse), query(warehouse, "SELECT * FROM mushroom.env_readings ORDER BY 1,2,3"))
+    assert run("2026-01-13").success
+    second = (stats(warehouse), query(warehouse, "SELECT * FROM mushroom.env_readings ORDER BY 1,2,3"))
+    pd.testing.assert_frame_equal(first[0], second[0])
+    pd.testing.assert_frame_equal(first[1], second[1])
+
+
+def test_a_missing_source_table_is_a_clear_failure(warehouse):
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA iot CASCADE")
+    result = dg.materialize(ASSETS, partition_key="2026-01-13", resources=database_resources(),
+                            raise_on_error=False)
+    assert not result.success
+    assert "no table iot.env_readings" in failure_text(result)

@@ -1,0 +1,183 @@
+"""The partition-aware Postgres I/O manager against the real embedded Postgres."""
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from mushroom_pipeline.io.postgres import PostgresPandasIOManager
+from mushroom_pipeline.resources import PostgresResource
+
+from .conftest import TEST_HOME
+from .helpers import failure_text, range_tags
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="Asia/Shanghai")
+SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("at", "timestamptz"),
+        dg.TableColumn("room", "text"),
+        dg.TableColumn("value", "double precision"),
+    ]
+)
+
+
+def rows_for(window: dg.TimeWindow, version: float) -> pd.DataFrame:
+    """Six rows per local day, at local 00:00, 04:00, …, 20:00."""
+    times = pd.date_range(window.start, window.end, freq="4h", inclusive="left")
+    return pd.DataFrame({"at": times, "room": "room 'A'", "value": version})
+
+
+@dg.asset(
+    partitions_def=partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"partition_expr": "at", "dagster/column_schema": SCHEMA},
+    config_schema={"version": float, "fail": bool, "outside": bool},
+)
+def measurements(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    frame = rows_for(context.partition_time_window, context.op_execution_context.op_config["version"])
+    if context.op_execution_context.op_config["outside"]:
+        frame.loc[0, "at"] = context.partition_time_window.end
+    if context.op_execution_context.op_config["fail"]:
+        # COPY fails on the last row, after the old slice was deleted in the same transaction
+        frame["value"] = frame["value"].astype(object)
+        frame.loc[len(frame) - 1, "value"] = "not a number"
+    return frame
+
+
+@dg.asset(partitions_def=partitions, io_manager_key="memory")
+def measurement_count(measurements: pd.DataFrame) -> int:
+    return len(measurements)
+
+
+def resources():
+    database = PostgresResource(home=str(TEST_HOME), timezone="Asia/Shanghai")
+    io_managers = {"io_manager": PostgresPandasIOManager(database=database), "memory": dg.InMemoryIOManager()}
+    return io_managers, database
+
+
+def materialize(*, key=None, start=None, end=None, version=1.0, fail=False, outside=False):
+    io_resources, _ = resources()
+    tags = {}
+    if start:
+        tags = range_tags(start, end)
+    config = {"ops": {"measurements": {"config": {"version": version, "fail": fail, "outside": outside}}}}
+    return dg.materialize(
+        [measurements],
+        partition_key=key,
+        tags=tags,
+        run_config=config,
+        resources=io_resources,
+        raise_on_error=False,
+    )
+
+
+def table(database: PostgresResource) -> pd.DataFrame:
+    with database.begin() as conn:
+        return pd.read_sql_query(
+            "SELECT at, room, value FROM mushroom.measurements ORDER BY at", conn
+        )
+
+
+def local(day: str, hour: int = 0) -> pd.Timestamp:
+    return pd.Timestamp(dt.datetime.fromisoformat(day).replace(hour=hour, tzinfo=SHANGHAI))
+
+
+def test_one_partition_is_the_local_day(warehouse):
+    result = materialize(key="2026-01-13")
+    assert result.success
+    rows = table(resources()[1])
+    assert len(rows) == 6
+    # Asia/Shanghai is UTC+8: the day starts at 16:00 UTC the evening before
+    assert rows["at"].min() == local("2026-01-13") == pd.Timestamp("2026-01-12 16:00", tz="UTC")
+    assert rows["at"].max() < local("2026-01-14")
+    assert rows["room"].eq("room 'A'").all()
+    materialization = result.asset_materializations_for_node("measurements")[0]
+    assert materialization.metadata["dagster/row_count"].value == 6
+
+
+def test_rematerializing_replaces_exactly_the_partition(warehouse):
+    assert materialize(key="2026-01-13", version=1).success
+    assert materialize(key="2026-01-14", version=1).success
+    assert materialize(key="2026-01-13", version=2).success
+    rows = table(resources()[1])
+    assert len(rows) == 12  # no duplicates
+    by_day = rows.groupby(rows["at"].dt.tz_convert(SHANGHAI).dt.date)["value"].agg(set)
+    assert by_day.to_dict() == {dt.date(2026, 1, 13): {2.0}, dt.date(2026, 1, 14): {1.0}}
+
+
+def test_a_range_runs_once_and_replaces_the_range(warehouse):
+    assert materialize(key="2026-01-11", version=1).success
+    assert materialize(key="2026-01-15", version=1).success
+    result = materialize(start="2026-01-12", end="2026-01-14", version=3)
+    assert result.success
+    assert len(result.get_step_success_events()) == 1  # one step for three days
+    rows = table(resources()[1])
+    assert len(rows) == 5 * 6
+    days = rows.groupby(rows["at"].dt.tz_convert(SHANGHAI).dt.date)["value"].first()
+    assert days.to_dict() == {
+        dt.date(2026, 1, 11): 1.0,
+        dt.date(2026, 1, 12): 3.0,
+        dt.date(2026, 1, 13): 3.0,
+        dt.date(2026, 1, 14): 3.0,
+        dt.date(2026, 1, 15): 1.0,
+    }
+
+
+def test_a_failed_write_leaves_the_previous_rows(warehouse):
+    assert materialize(key="2026-01-13", version=1).success
+    result = materialize(key="2026-01-13", version=2, fail=True)
+    assert not result.success
+    rows = table(resources()[1])
+    assert len(rows) == 6 and rows["value"].eq(1.0).all()
+
+
+def test_rows_outside_the_partition_are_refused(warehouse):
+    assert materialize(key="2026-01-13", version=1).success
+    result = materialize(key="2026-01-13", version=2, outside=True)
+    assert not result.success
+    assert "outside the partition window" in failure_text(result)
+    assert table(resources()[1])["value"].eq(1.0).all()
+
+
+def test_an_empty_partition_creates_the_table_and_loads_empty(warehouse):
+    io_resources, database = resources()
+
+    @dg.asset(
+        name="measurements",
+        partitions_def=partitions,
+        metadata={"partition_expr": "at", "dagster/column_schema": SCHEMA},
+    )
+    def empty_measurements() -> pd.DataFrame:
+        return pd.DataFrame({"at": pd.Series([], dtype="datetime64[us, UTC]"), "room": [], "value": []})
+
+    result = dg.materialize(
+        [empty_measurements, measurement_count], partition_key="2026-01-13", resources=io_resources
+    )
+    assert result.success
+    assert result.output_for_node("measurement_count") == 0
+    assert table(database).empty
+
+
+def test_loading_gives_typed_frames_in_the_farm_timezone(warehouse):
+    assert materialize(key="2026-01-13").success
+    io_resources, _ = resources()
+    result = dg.materialize(
+        [measurements, measurement_count],
+        selection=[measurement_count],
+        partition_key="2026-01-13",
+        resources=io_resources,
+    )
+    assert result.output_for_node("measurement_count") == 6
+
+
+def test_timestamps_without_timezone_are_refused(warehouse):
+    @dg.asset(name="naive", metadata={})
+    def naive() -> pd.DataFrame:
+        return pd.DataFrame({"at": pd.to_datetime(["2026-01-13 00:00"])})
+
+    io_resources, _ = resources()
+    with pytest.raises(Exception, match="without a timezone"):
+        dg.materialize([naive], resources=io_resources)
