@@ -6,43 +6,21 @@ import shutil
 import sys
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from mushroom_pipeline import embedded
 from mushroom_pipeline.settings import Settings, load_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def dagster_storage_url(settings: Settings) -> str:
-    """Dagster's own storage: MUSHROOM_DAGSTER_STORAGE_URL, else database `dagster` beside the
-    warehouse (created if missing)."""
-    explicit = os.environ.get("MUSHROOM_DAGSTER_STORAGE_URL", "").strip()
-    if explicit:
-        return explicit
-    if settings.database_url is None:
-        return embedded.server_url(settings.home, embedded.DAGSTER_DATABASE)
-    warehouse = sa.make_url(settings.database_url).set(drivername="postgresql+psycopg2")
-    admin = sa.create_engine(warehouse, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        name = embedded.DAGSTER_DATABASE
-        if not conn.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).first():
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    # dagster-postgres needs the explicit psycopg2 driver: SQLAlchemy 2.1 would pick psycopg 3.
-    return warehouse.set(database=embedded.DAGSTER_DATABASE).render_as_string(hide_password=False)
-
-
 def prepare_dagster_home(settings: Settings) -> dict[str, str]:
     """DAGSTER_HOME under MUSHROOM_HOME with the project's dagster.yaml; returns the variables
-    every Dagster process needs, and sets them in this one."""
+    for Dagster processes, and sets them in this one."""
     home = settings.home / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     variables = {
         "MUSHROOM_HOME": str(settings.home),
         "DAGSTER_HOME": str(home),
-        "MUSHROOM_DAGSTER_STORAGE_URL": dagster_storage_url(settings),
     }
     os.environ.update(variables)
     return variables

@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 import pandas as pd
+from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 
 from mushroom_pipeline.checks.environment import (
     check_complete,
@@ -14,20 +15,16 @@ from mushroom_pipeline.checks.environment import (
     invalid_share_spec,
 )
 from mushroom_pipeline.environment.readings import KNOWN_RANGES, validate_readings
-from mushroom_pipeline.io.postgres import PostgresRelation, read_frame
+from mushroom_pipeline.io.postgres import (
+    PostgresClient,
+    PostgresRelation,
+    column_schema,
+    column_types,
+    read_frame,
+    replace_table_slice,
+)
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
-
-
-def column_schema(*columns: tuple[str, str] | tuple[str, str, str]) -> dg.TableSchema:
-    """(name, Postgres type[, description]) → the schema the I/O manager creates tables from."""
-    return dg.TableSchema(
-        columns=[dg.TableColumn(c[0], c[1], description=c[2] if len(c) > 2 else None) for c in columns]
-    )
-
-
-def column_types(schema: dg.TableSchema) -> dict[str, str]:
-    return {column.name: column.type for column in schema.columns}
 
 
 READINGS_SCHEMA = column_schema(
@@ -93,30 +90,42 @@ def extract_source_readings(source: PostgresResource, window: dg.TimeWindow) -> 
         )
 
 
-@dg.multi_asset(
-    outs={
-        "env_readings": dg.AssetOut(
-            description="The day's valid readings of iot.env_readings, one row per "
-            "(room, metric, measured_at): duplicates folded into their mean.",
-            metadata={"partition_expr": "measured_at", "dagster/column_schema": READINGS_SCHEMA},
-            kinds={"postgres"},
-        ),
-        "env_readings_quarantine": dg.AssetOut(
-            description="The day's invalid source rows, each with the reason it was set aside.",
-            metadata={"partition_expr": "measured_at", "dagster/column_schema": QUARANTINE_SCHEMA},
-            kinds={"postgres"},
-        ),
-    },
+QUARANTINE_TABLE = "env_readings_quarantine"
+
+
+def quarantine_slice(window: dg.TimeWindow) -> TableSlice:
+    return TableSlice(
+        table=QUARANTINE_TABLE,
+        schema="mushroom",
+        partition_dimensions=[TablePartitionDimension("measured_at", window)],
+    )
+
+
+@dg.asset(
+    description="The day's valid readings of iot.env_readings, one row per (room, metric, "
+    f"measured_at): duplicates folded into their mean. Invalid source rows go to "
+    f"mushroom.{QUARANTINE_TABLE} with their reason.",
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"partition_expr": "measured_at", "dagster/column_schema": READINGS_SCHEMA},
     check_specs=[invalid_share_spec],
     group_name="environment",
+    kinds={"postgres"},
 )
-def env_readings(context: dg.AssetExecutionContext, source_database: PostgresResource):
+def env_readings(
+    context: dg.AssetExecutionContext,
+    source_database: PostgresResource,
+    warehouse: PostgresResource,
+):
     window = context.partition_time_window
     raw = extract_source_readings(source_database, window)
     validated = validate_readings(raw)
     readings, quarantine = validated.readings, validated.quarantine
+    # The quarantine is written first: if the readings' write then fails, a re-run replaces both,
+    # and no invalid row is ever missing from it.
+    replace_table_slice(
+        warehouse, quarantine_slice(window), quarantine, column_types(QUARANTINE_SCHEMA)
+    )
     by_reason = quarantine["reason"].value_counts().to_dict()
     unknown = sorted(set(readings["metric"].unique()) - set(KNOWN_RANGES))
     context.log.info(
@@ -126,20 +135,15 @@ def env_readings(context: dg.AssetExecutionContext, source_database: PostgresRes
     )
     yield dg.Output(
         readings,
-        output_name="env_readings",
         metadata={
             "source_rows": len(raw),
             "invalid_rows": len(quarantine),
             "invalid_by_reason": dg.MetadataValue.json(by_reason),
+            "quarantine_table": f"mushroom.{QUARANTINE_TABLE}",
             "duplicate_rows_folded": validated.duplicate_rows,
             "rooms": readings["room"].nunique(),
             "metrics_without_range": dg.MetadataValue.json(unknown),
         },
-    )
-    yield dg.Output(
-        quarantine,
-        output_name="env_readings_quarantine",
-        metadata={"invalid_by_reason": dg.MetadataValue.json(by_reason)},
     )
     yield check_invalid_share(len(raw), quarantine)
 
@@ -195,9 +199,11 @@ def env_daily_stats(
     context: dg.AssetExecutionContext,
     warehouse: PostgresResource,
     env_readings: PostgresRelation,
-    env_readings_quarantine: PostgresRelation,
 ):
-    relations = {"readings": env_readings.sql, "quarantine": env_readings_quarantine.sql}
+    quarantine = PostgresClient.get_select_statement(
+        quarantine_slice(context.partition_time_window)
+    )
+    relations = {"readings": env_readings.sql, "quarantine": quarantine}
     with warehouse.begin() as conn:
         stats = read_frame(conn, STATS_SQL.format(**relations), column_types(STATS_SCHEMA))
         seen = read_frame(

@@ -120,6 +120,17 @@ class PostgresClient(DbClient):
         )
 
 
+def column_schema(*columns: tuple[str, str] | tuple[str, str, str]) -> dg.TableSchema:
+    """(name, Postgres type[, description]) → the schema the I/O manager creates tables from."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(c[0], c[1], description=c[2] if len(c) > 2 else None) for c in columns]
+    )
+
+
+def column_types(schema: dg.TableSchema) -> dict[str, str]:
+    return {column.name: column.type for column in schema.columns}
+
+
 def declared_column_types(context: dg.OutputContext) -> dict[str, str]:
     schema = (context.definition_metadata or {}).get("dagster/column_schema")
     if schema is None:
@@ -202,26 +213,44 @@ def markdown_preview(frame: pd.DataFrame, rows: int = 10) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "(no rows)")
 
 
+def write_frame(
+    connection: sa.Connection, table_slice: TableSlice, frame: pd.DataFrame, declared: Mapping[str, str]
+) -> None:
+    """Creates the table on first write (types: `declared`, else inferred) and COPYs `frame` in;
+    the caller has deleted the slice in the same transaction."""
+    missing = [c for c in declared if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{table_slice.table}: the frame lacks declared columns {missing}")
+    types = {c: declared.get(c) or _inferred_type(frame[c]) for c in frame.columns}
+    for dimension in table_slice.partition_dimensions or []:
+        _check_inside_window(frame, dimension, types.get(dimension.partition_expr, ""))
+    table = qualified_name(table_slice)
+    if not _table_exists(connection, table_slice):
+        columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
+        connection.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
+        for dimension in table_slice.partition_dimensions or []:
+            if dimension.partition_expr in types:
+                connection.exec_driver_sql(
+                    f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
+                )
+    if len(frame):
+        copy_frame(connection, table, frame, types)
+
+
+def replace_table_slice(
+    database: PostgresResource, table_slice: TableSlice, frame: pd.DataFrame, declared: Mapping[str, str]
+) -> None:
+    """What the I/O manager does for an output, for a table that is not an asset of its own."""
+    client = PostgresClient(database)
+    with client.connect(None, table_slice) as connection:
+        client.ensure_schema_exists(None, table_slice, connection)
+        client.delete_table_slice(None, table_slice, connection)
+        write_frame(connection, table_slice, frame, declared)
+
+
 class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
     def handle_output(self, context: dg.OutputContext, table_slice: TableSlice, obj, connection):
-        declared = declared_column_types(context)
-        missing = [c for c in declared if c not in obj.columns]
-        if missing:
-            raise ValueError(f"{table_slice.table}: the frame lacks declared columns {missing}")
-        types = {c: declared.get(c) or _inferred_type(obj[c]) for c in obj.columns}
-        for dimension in table_slice.partition_dimensions or []:
-            _check_inside_window(obj, dimension, types.get(dimension.partition_expr, ""))
-        table = qualified_name(table_slice)
-        if not _table_exists(connection, table_slice):
-            columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
-            connection.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
-            for dimension in table_slice.partition_dimensions or []:
-                if dimension.partition_expr in types:
-                    connection.exec_driver_sql(
-                        f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
-                    )
-        if len(obj):
-            copy_frame(connection, table, obj, types)
+        write_frame(connection, table_slice, obj, declared_column_types(context))
         return {
             "dagster/row_count": len(obj),
             "preview": markdown_preview(obj),
