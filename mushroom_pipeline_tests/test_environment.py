@@ -159,7 +159,9 @@ def test_bad_readings_are_quarantined_with_their_reason_and_nothing_is_lost(ware
     assert metadata["source_rows"] == len(BAD_DAY) - 2
     assert metadata["invalid_rows"] == 8
     assert metadata["invalid_by_reason"]["out_of_range"] == 3
-    assert metadata["metrics_without_range"] == ["light_lux"]
+    stats_materialization = result.asset_materializations_for_node("env_daily_stats")[0]
+    assert stats_materialization.metadata["metrics_without_range"].value == ["light_lux"]
+    assert stats_materialization.metadata["duplicate_rows_folded"].value == 1
     checks = check_results(result)
     assert not checks["invalid_share"].passed  # 8 of 17 rows
     completeness = checks["stats_for_every_room_metric"]  # the blank room's only row is invalid
@@ -210,3 +212,35 @@ def test_a_missing_source_table_is_a_clear_failure(warehouse):
                             raise_on_error=False)
     assert not result.success
     assert "no table iot.env_readings" in failure_text(result)
+
+
+def test_a_separate_source_database_is_staged_and_cleaned_up(warehouse, embedded_server):
+    import sqlalchemy as sa
+
+    from mushroom_pipeline.demo.farm import SOURCE_DDL
+    from mushroom_pipeline.io.postgres import PostgresPandasIOManager
+    from mushroom_pipeline.resources import PostgresResource
+
+    admin = sa.create_engine(embedded_server.replace("/mushroom?", "/postgres?"),
+                             isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("DROP DATABASE IF EXISTS farm_source")
+        conn.exec_driver_sql("CREATE DATABASE farm_source")
+    admin.dispose()
+    source = PostgresResource(url=embedded_server.replace("/mushroom?", "/farm_source?"),
+                              url_variable="MUSHROOM_SOURCE_DATABASE_URL")
+    with source.begin() as conn:
+        conn.exec_driver_sql(SOURCE_DDL)
+    insert_readings(source, BAD_DAY)
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA iot CASCADE")  # the warehouse has no source rows
+    result = dg.materialize(ASSETS, partition_key="2026-01-13", resources={
+        "source_database": source, "warehouse": warehouse,
+        "io_manager": PostgresPandasIOManager(database=warehouse),
+    })
+    assert result.success
+    table = stats(warehouse).set_index(["room", "metric"])
+    assert table.loc[("room A", "temperature_c"), "n"] == 3
+    assert len(query(warehouse, "SELECT * FROM mushroom.env_readings_quarantine")) == 8
+    leftovers = query(warehouse, "SELECT tablename FROM pg_tables WHERE schemaname = 'mushroom_staging'")
+    assert leftovers.empty

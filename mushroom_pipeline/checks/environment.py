@@ -26,16 +26,17 @@ complete_spec = dg.AssetCheckSpec(
 )
 
 
-def check_invalid_share(source_rows: int, quarantine: pd.DataFrame) -> dg.AssetCheckResult:
-    share = len(quarantine) / source_rows if source_rows else 0.0
+def check_invalid_share(source_rows: int, by_reason: dict[str, int]) -> dg.AssetCheckResult:
+    invalid = sum(by_reason.values())
+    share = invalid / source_rows if source_rows else 0.0
     return dg.AssetCheckResult(
         check_name=invalid_share_spec.name,
         passed=share <= INVALID_SHARE_LIMIT,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "invalid_share": share,
-            "invalid_rows": len(quarantine),
-            "by_reason": quarantine["reason"].value_counts().to_dict(),
+            "invalid_rows": invalid,
+            "by_reason": dg.MetadataValue.json(by_reason),
         },
     )
 

@@ -3,7 +3,6 @@
 import json
 
 import dagster as dg
-import pandas as pd
 from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 
 from mushroom_pipeline.checks.environment import (
@@ -14,7 +13,13 @@ from mushroom_pipeline.checks.environment import (
     coverage_spec,
     invalid_share_spec,
 )
-from mushroom_pipeline.environment.readings import KNOWN_RANGES, validate_readings
+from mushroom_pipeline.environment.readings import (
+    KNOWN_RANGES,
+    SOURCE_COLUMNS,
+    quarantine_relation,
+    readings_relation,
+    window_predicate,
+)
 from mushroom_pipeline.io.postgres import (
     PostgresClient,
     PostgresRelation,
@@ -22,6 +27,7 @@ from mushroom_pipeline.io.postgres import (
     column_types,
     read_frame,
     replace_table_slice,
+    source_table,
 )
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
@@ -63,33 +69,6 @@ STATS_SCHEMA = column_schema(
     ("last_at", "timestamptz"),
 )
 
-SOURCE_TYPES = {
-    "room": "text",
-    "metric": "text",
-    "value": "double precision",
-    "value_is_null": "boolean",
-    "measured_at": "timestamptz",
-}
-
-
-def extract_source_readings(source: PostgresResource, window: dg.TimeWindow) -> pd.DataFrame:
-    """The source rows measured inside `window`, streamed with COPY."""
-    with source.begin() as conn:
-        if conn.exec_driver_sql("SELECT to_regclass('iot.env_readings')").scalar() is None:
-            raise dg.Failure(
-                f"The source database has no table iot.env_readings (configured by "
-                f"{source.url_variable}); see ../shared/CONTRACTS.md for its columns."
-            )
-        return read_frame(
-            conn,
-            "SELECT room, metric, value, value IS NULL AS value_is_null, measured_at "
-            "FROM iot.env_readings "
-            f"WHERE measured_at >= '{window.start.isoformat()}' "
-            f"AND measured_at < '{window.end.isoformat()}'",
-            SOURCE_TYPES,
-        )
-
-
 QUARANTINE_TABLE = "env_readings_quarantine"
 
 
@@ -118,34 +97,48 @@ def env_readings(
     warehouse: PostgresResource,
 ):
     window = context.partition_time_window
-    raw = extract_source_readings(source_database, window)
-    validated = validate_readings(raw)
-    readings, quarantine = validated.readings, validated.quarantine
-    # The quarantine is written first: if the readings' write then fails, a re-run replaces both,
-    # and no invalid row is ever missing from it.
-    replace_table_slice(
-        warehouse, quarantine_slice(window), quarantine, column_types(QUARANTINE_SCHEMA)
-    )
-    by_reason = quarantine["reason"].value_counts().to_dict()
-    unknown = sorted(set(readings["metric"].unique()) - set(KNOWN_RANGES))
-    context.log.info(
-        f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {len(raw)} source rows → "
-        f"{len(readings)} readings, {len(quarantine)} quarantined {by_reason}, "
-        f"{validated.duplicate_rows} duplicates folded"
-    )
-    yield dg.Output(
-        readings,
-        metadata={
-            "source_rows": len(raw),
-            "invalid_rows": len(quarantine),
-            "invalid_by_reason": dg.MetadataValue.json(by_reason),
-            "quarantine_table": f"mushroom.{QUARANTINE_TABLE}",
-            "duplicate_rows_folded": validated.duplicate_rows,
-            "rooms": readings["room"].nunique(),
-            "metrics_without_range": dg.MetadataValue.json(unknown),
-        },
-    )
-    yield check_invalid_share(len(raw), quarantine)
+    in_window = window_predicate("measured_at", window)
+    with source_database.begin() as conn:
+        if conn.exec_driver_sql("SELECT to_regclass('iot.env_readings')").scalar() is None:
+            raise dg.Failure(
+                f"The source database has no table iot.env_readings (configured by "
+                f"{source_database.url_variable}); see ../shared/CONTRACTS.md for its columns."
+            )
+        source_rows = conn.exec_driver_sql(
+            f"SELECT count(*) FROM iot.env_readings WHERE {in_window}"
+        ).scalar()
+    staging_name = f"env_readings_{context.run_id}"
+    with source_table(
+        source_database, warehouse, "iot.env_readings", SOURCE_COLUMNS, in_window, staging_name
+    ) as table:
+        # The quarantine is written first: if the readings' write then fails, a re-run replaces
+        # both, and no invalid row is ever missing from it.
+        quarantine = quarantine_slice(window)
+        replace_table_slice(
+            warehouse, quarantine, quarantine_relation(table, window), column_types(QUARANTINE_SCHEMA)
+        )
+        with warehouse.begin() as conn:
+            by_reason = dict(
+                conn.exec_driver_sql(
+                    f"SELECT reason, count(*) FROM ({PostgresClient.get_select_statement(quarantine)}) q "
+                    "GROUP BY reason ORDER BY 2 DESC"
+                ).all()
+            )
+        invalid = sum(by_reason.values())
+        context.log.info(
+            f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {source_rows} source rows, "
+            f"{invalid} quarantined {by_reason}"
+        )
+        yield dg.Output(
+            readings_relation(table, window),
+            metadata={
+                "source_rows": source_rows,
+                "invalid_rows": invalid,
+                "invalid_by_reason": dg.MetadataValue.json(by_reason),
+                "quarantine_table": f"mushroom.{QUARANTINE_TABLE}",
+            },
+        )
+    yield check_invalid_share(source_rows, by_reason)
 
 
 STATS_SQL = """
@@ -217,6 +210,10 @@ def env_daily_stats(
             "days": stats["day"].nunique(),
             "rooms": stats["room"].nunique(),
             "readings": int(stats["n"].sum()),
+            "duplicate_rows_folded": int(stats["duplicate_rows"].sum()),
+            "metrics_without_range": dg.MetadataValue.json(
+                sorted(set(stats["metric"]) - set(KNOWN_RANGES))
+            ),
             **{f"mean_{metric}": float(means[metric]) for metric in KNOWN_RANGES if metric in means},
             "lowest_coverage": float(stats["coverage"].fillna(0).min()) if len(stats) else 1.0,
             "rooms_by_day": dg.MetadataValue.json(

@@ -1,9 +1,9 @@
-"""Validation of raw environment readings, as ../shared/CONTRACTS.md defines it."""
+"""Validation of raw environment readings, as ../shared/CONTRACTS.md defines it, in SQL: the
+day's rows are classified and folded inside Postgres and never travel to Python."""
 
-from dataclasses import dataclass
+import dagster as dg
 
-import numpy as np
-import pandas as pd
+from mushroom_pipeline.io.postgres import PostgresRelation
 
 # Physical ranges of the known metrics (inclusive); other metrics are free text without a range.
 KNOWN_RANGES: dict[str, tuple[float, float]] = {
@@ -11,62 +11,57 @@ KNOWN_RANGES: dict[str, tuple[float, float]] = {
     "humidity_pct": (0.0, 100.0),
     "co2_ppm": (0.0, 50000.0),
 }
-KEY = ["room", "metric", "measured_at"]
+SOURCE_COLUMNS = {
+    "room": "text",
+    "metric": "text",
+    "value": "double precision",
+    "measured_at": "timestamptz",
+}
 
 
-@dataclass(frozen=True)
-class ValidatedReadings:
-    readings: pd.DataFrame  # room, metric, measured_at, value, source_rows (one row per reading)
-    quarantine: pd.DataFrame  # room, metric, measured_at, value, reason (one row per source row)
-    duplicate_rows: int  # source rows folded into another row of the same reading
+def window_predicate(column: str, window: dg.TimeWindow) -> str:
+    return (
+        f"{column} >= '{window.start.isoformat()}'::timestamptz "
+        f"AND {column} < '{window.end.isoformat()}'::timestamptz"
+    )
 
 
-def invalid_reasons(raw: pd.DataFrame) -> pd.Series:
-    """The first reason each row is invalid, or None; `raw` has value_is_null beside value."""
-    value = raw["value"].to_numpy(dtype=float)
-    checks = [
-        (raw["room"].fillna("").str.strip() == "", "blank_room"),
-        (raw["metric"].fillna("").str.strip() == "", "blank_metric"),
-        (raw["value_is_null"].to_numpy(dtype=bool), "null_value"),
-        (np.isnan(value), "nan_value"),
-        (np.isinf(value), "infinite_value"),
-    ]
-    for metric, (low, high) in KNOWN_RANGES.items():
-        checks.append(
-            ((raw["metric"] == metric).to_numpy() & ~((value >= low) & (value <= high)), "out_of_range")
-        )
-    reasons = np.full(len(raw), None, dtype=object)
-    for mask, reason in reversed(checks):  # earlier checks win
-        reasons[np.asarray(mask, dtype=bool)] = reason
-    return pd.Series(reasons, index=raw.index, dtype=object)
+def _reason_case() -> str:
+    """The first reason a row is invalid, or NULL. Postgres orders NaN above every number, so
+    the NaN test comes before the range tests."""
+    ranges = "\n".join(
+        f"        WHEN metric = '{metric}' AND value NOT BETWEEN {low} AND {high} THEN 'out_of_range'"
+        for metric, (low, high) in KNOWN_RANGES.items()
+    )
+    return f"""CASE
+        WHEN coalesce(btrim(room), '') = '' THEN 'blank_room'
+        WHEN coalesce(btrim(metric), '') = '' THEN 'blank_metric'
+        WHEN value IS NULL THEN 'null_value'
+        WHEN value = 'NaN' THEN 'nan_value'
+        WHEN value IN ('Infinity', '-Infinity') THEN 'infinite_value'
+{ranges}
+    END"""
 
 
-def validate_readings(raw: pd.DataFrame) -> ValidatedReadings:
-    """Splits source rows into readings and quarantined rows.
+def _classified(table: str, window: dg.TimeWindow) -> str:
+    return (
+        f"SELECT room, metric, value, measured_at, {_reason_case()} AS reason "
+        f"FROM {table} WHERE {window_predicate('measured_at', window)}"
+    )
 
-    Rows sharing (room, metric, measured_at) are one reading whose value is their mean; only
-    valid rows take part, so one bad duplicate does not spoil a good one.
-    """
-    reasons = invalid_reasons(raw)
-    invalid = reasons.notna()
-    quarantine = raw.loc[invalid, KEY + ["value"]].assign(reason=reasons[invalid])
-    valid = raw.loc[~invalid, KEY + ["value"]]
-    repeated = valid.duplicated(KEY, keep=False)
-    if repeated.any():
-        folded = (
-            valid[repeated]
-            .groupby(KEY, sort=False)
-            .agg(value=("value", "mean"), source_rows=("value", "size"))
-            .reset_index()
-        )
-        readings = pd.concat(
-            [valid[~repeated].assign(source_rows=1), folded], ignore_index=True
-        )
-    else:
-        readings = valid.assign(source_rows=1)
-    readings["source_rows"] = readings["source_rows"].astype("int64")
-    return ValidatedReadings(
-        readings=readings.reset_index(drop=True),
-        quarantine=quarantine.reset_index(drop=True),
-        duplicate_rows=int(repeated.sum()) - len(folded) if repeated.any() else 0,
+
+def readings_relation(table: str, window: dg.TimeWindow) -> PostgresRelation:
+    """Valid rows; rows sharing (room, metric, measured_at) are one reading, their mean. Only
+    valid rows take part, so one bad duplicate does not spoil a good one."""
+    return PostgresRelation(
+        "SELECT room, metric, measured_at, avg(value) AS value, count(*) AS source_rows "
+        f"FROM ({_classified(table, window)}) c WHERE reason IS NULL "
+        "GROUP BY room, metric, measured_at"
+    )
+
+
+def quarantine_relation(table: str, window: dg.TimeWindow) -> PostgresRelation:
+    return PostgresRelation(
+        "SELECT room, metric, measured_at, value, reason "
+        f"FROM ({_classified(table, window)}) c WHERE reason IS NOT NULL"
     )

@@ -213,48 +213,74 @@ def markdown_preview(frame: pd.DataFrame, rows: int = 10) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "(no rows)")
 
 
+def ensure_table(connection: sa.Connection, table_slice: TableSlice, types: Mapping[str, str]):
+    """Creates the table on first write, with an index on its partition column."""
+    if _table_exists(connection, table_slice):
+        return
+    table = qualified_name(table_slice)
+    columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
+    connection.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
+    for dimension in table_slice.partition_dimensions or []:
+        if dimension.partition_expr in types:
+            connection.exec_driver_sql(
+                f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
+            )
+
+
 def write_frame(
     connection: sa.Connection, table_slice: TableSlice, frame: pd.DataFrame, declared: Mapping[str, str]
-) -> None:
-    """Creates the table on first write (types: `declared`, else inferred) and COPYs `frame` in;
-    the caller has deleted the slice in the same transaction."""
+) -> int:
+    """COPYs `frame` into the table (types: `declared`, else inferred from the frame); the caller
+    has deleted the slice in the same transaction."""
     missing = [c for c in declared if c not in frame.columns]
     if missing:
         raise ValueError(f"{table_slice.table}: the frame lacks declared columns {missing}")
     types = {c: declared.get(c) or _inferred_type(frame[c]) for c in frame.columns}
     for dimension in table_slice.partition_dimensions or []:
         _check_inside_window(frame, dimension, types.get(dimension.partition_expr, ""))
-    table = qualified_name(table_slice)
-    if not _table_exists(connection, table_slice):
-        columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
-        connection.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
-        for dimension in table_slice.partition_dimensions or []:
-            if dimension.partition_expr in types:
-                connection.exec_driver_sql(
-                    f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
-                )
+    ensure_table(connection, table_slice, types)
     if len(frame):
-        copy_frame(connection, table, frame, types)
+        copy_frame(connection, qualified_name(table_slice), frame, types)
+    return len(frame)
+
+
+def write_relation(
+    connection: sa.Connection, table_slice: TableSlice, relation: PostgresRelation, declared: Mapping[str, str]
+) -> int:
+    """Inserts the relation's rows inside the database: the rows never travel to Python.
+    The relation must select only rows of the slice's window, with the declared columns."""
+    if not declared:
+        raise ValueError(f"{table_slice.table}: a relation output needs dagster/column_schema")
+    ensure_table(connection, table_slice, declared)
+    columns = ", ".join(quote_ident(c) for c in declared)
+    result = connection.exec_driver_sql(
+        f"INSERT INTO {qualified_name(table_slice)} ({columns}) "
+        f"SELECT {columns} FROM ({relation.sql}) relation"
+    )
+    return result.rowcount
+
+
+def write_output(connection, table_slice: TableSlice, obj, declared: Mapping[str, str]) -> int:
+    if isinstance(obj, PostgresRelation):
+        return write_relation(connection, table_slice, obj, declared)
+    return write_frame(connection, table_slice, obj, declared)
 
 
 def replace_table_slice(
-    database: PostgresResource, table_slice: TableSlice, frame: pd.DataFrame, declared: Mapping[str, str]
-) -> None:
+    database: PostgresResource, table_slice: TableSlice, obj, declared: Mapping[str, str]
+) -> int:
     """What the I/O manager does for an output, for a table that is not an asset of its own."""
     client = PostgresClient(database)
     with client.connect(None, table_slice) as connection:
         client.ensure_schema_exists(None, table_slice, connection)
         client.delete_table_slice(None, table_slice, connection)
-        write_frame(connection, table_slice, frame, declared)
+        return write_output(connection, table_slice, obj, declared)
 
 
 class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
     def handle_output(self, context: dg.OutputContext, table_slice: TableSlice, obj, connection):
         write_frame(connection, table_slice, obj, declared_column_types(context))
-        return {
-            "dagster/row_count": len(obj),
-            "preview": markdown_preview(obj),
-        }
+        return {"dagster/row_count": len(obj), "preview": markdown_preview(obj)}
 
     def load_input(self, context: dg.InputContext, table_slice: TableSlice, connection):
         if not _table_exists(connection, table_slice):
@@ -280,8 +306,15 @@ class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
 
 
 class RelationTypeHandler(DbTypeHandler[PostgresRelation]):
-    def handle_output(self, context, table_slice, obj, connection):
-        raise NotImplementedError("PostgresRelation is a load type only")
+    """Outputs: INSERT … SELECT inside the database. Inputs: the slice's SELECT statement."""
+
+    def handle_output(self, context, table_slice: TableSlice, obj: PostgresRelation, connection):
+        rows = write_relation(connection, table_slice, obj, declared_column_types(context))
+        preview = pd.read_sql_query(
+            f"SELECT * FROM {qualified_name(table_slice)} WHERE {where_clause(table_slice)} LIMIT 10",
+            connection,
+        )
+        return {"dagster/row_count": rows, "preview": markdown_preview(preview)}
 
     def load_input(self, context, table_slice: TableSlice, connection) -> PostgresRelation:
         return PostgresRelation(PostgresClient.get_select_statement(table_slice))
@@ -353,3 +386,45 @@ class PostgresPandasIOManager(dg.ConfigurableIOManagerFactory):
             default_load_type=pd.DataFrame,
         )
 
+
+
+@contextmanager
+def source_table(
+    source: PostgresResource,
+    warehouse: PostgresResource,
+    table: str,
+    columns: Mapping[str, str],
+    where: str,
+    staging_name: str,
+) -> Iterator[str]:
+    """A name the warehouse can query for `table`'s rows matching `where`.
+
+    The same database: `table` itself. Another one: its matching rows are copied (binary COPY,
+    never parsed in Python) into an unlogged staging table, dropped on exit.
+    """
+    if source.get_engine().url == warehouse.get_engine().url:
+        yield table
+        return
+    staged = f"mushroom_staging.{quote_ident(staging_name)}"
+    selects = ", ".join(f"{quote_ident(c)}::{t}" for c, t in columns.items())
+    buffer = io.BytesIO()
+    with source.begin() as conn:
+        conn.connection.dbapi_connection.cursor().copy_expert(
+            f"COPY (SELECT {selects} FROM {table} WHERE {where}) TO STDOUT WITH (FORMAT binary)",
+            buffer,
+        )
+    buffer.seek(0)
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE SCHEMA IF NOT EXISTS mushroom_staging; DROP TABLE IF EXISTS {staged}; "
+            f"CREATE UNLOGGED TABLE {staged} "
+            f"({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})"
+        )
+        conn.connection.dbapi_connection.cursor().copy_expert(
+            f"COPY {staged} FROM STDIN WITH (FORMAT binary)", buffer
+        )
+    try:
+        yield staged
+    finally:
+        with warehouse.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {staged}")
