@@ -4,13 +4,18 @@ import os
 
 import dagster as dg
 
-from mushroom_pipeline.automation.jobs import environment_job, farm_daily_job
-from mushroom_pipeline.automation.schedules import daily_env_stats
+from mushroom_pipeline.automation.jobs import environment_job, farm_daily_job, setpoints_job
+from mushroom_pipeline.automation.schedules import daily_env_stats, hourly_setpoint_monitoring
 from mushroom_pipeline.automation.sensors import late_env_readings_sensor
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.io.postgres import PostgresPandasIOManager
 from mushroom_pipeline.partitions import SETTINGS
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.setpoints.assets import (
+    setpoint_change_events,
+    setpoint_snapshots,
+    switch_daily_stats,
+)
 
 
 def _url(variable: str) -> dg.EnvVar | None:
@@ -37,9 +42,15 @@ def database_resources() -> dict[str, object]:
 
 
 defs = dg.Definitions(
-    assets=[env_readings, env_daily_stats],
-    jobs=[environment_job, farm_daily_job],
-    schedules=[daily_env_stats],
+    assets=[
+        env_readings,
+        env_daily_stats,
+        setpoint_snapshots,
+        setpoint_change_events,
+        switch_daily_stats,
+    ],
+    jobs=[environment_job, setpoints_job, farm_daily_job],
+    schedules=[daily_env_stats, hourly_setpoint_monitoring],
     sensors=[late_env_readings_sensor],
     resources=database_resources(),
 )

@@ -46,7 +46,8 @@ def _engine(url: str | None, home: str, variable: str, timezone: str, timeout_s:
         connect_args={
             "connect_timeout": timeout_s,
             "application_name": "mushroom_pipeline",
-            "options": f"-c timezone={timezone}",
+            # work_mem: a day's sorts and hashes (percentiles, folding) stay in memory
+            "options": f"-c timezone={timezone} -c work_mem=64MB",
         },
     )
     try:

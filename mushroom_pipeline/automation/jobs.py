@@ -11,6 +11,13 @@ environment_job = dg.define_asset_job(
     description="Readings → validated readings → daily stats, for one day or a range.",
 )
 
+setpoints_job = dg.define_asset_job(
+    "setpoints_job",
+    selection=dg.AssetSelection.groups("setpoints"),
+    partitions_def=daily_partitions,
+    description="Setpoint snapshots → change events → switching statistics.",
+)
+
 farm_daily_job = dg.define_asset_job(
     "farm_daily_job",
     selection=dg.AssetSelection.all(),

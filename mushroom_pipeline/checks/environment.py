@@ -61,7 +61,7 @@ def check_coverage(stats: pd.DataFrame) -> dg.AssetCheckResult:
 
 
 def check_complete(stats: pd.DataFrame, seen: pd.DataFrame) -> dg.AssetCheckResult:
-    """`seen`: the (day, room, metric) groups of the source rows, valid or not."""
+    """`seen`: (day, room, metric) groups of the source rows that need a stats row."""
     key = ["day", "room", "metric"]
     merged = seen[key].drop_duplicates().merge(stats[key], how="left", on=key, indicator=True)
     missing = merged[merged["_merge"] == "left_only"][key]

@@ -75,19 +75,97 @@ def days_ending(last: dt.date, count: int) -> list[dt.date]:
     return [last - dt.timedelta(days=i) for i in reversed(range(count))]
 
 
-def seed_env_readings(engine: sa.Engine, days: list[dt.date], tz: ZoneInfo) -> int:
-    """Replaces the demo rooms' readings of `days` in iot.env_readings; returns rows written."""
-    frame = pd.concat(
-        [env_readings_for_day(room, day, tz) for day in days for room in ROOMS], ignore_index=True
-    )
+def _replace_demo_rows(
+    engine: sa.Engine, ddl: str, table: str, time_column: str, frame: pd.DataFrame,
+    types: dict[str, str], days: list[dt.date], tz: ZoneInfo,
+) -> int:
+    """Replaces the demo rooms' rows of `days` in a source table; returns rows written."""
     start = dt.datetime.combine(min(days), dt.time(), tzinfo=tz)
     end = dt.datetime.combine(max(days) + dt.timedelta(days=1), dt.time(), tzinfo=tz)
     with engine.begin() as conn:
-        conn.exec_driver_sql(SOURCE_DDL)
+        conn.exec_driver_sql(ddl)
         conn.exec_driver_sql(
-            "DELETE FROM iot.env_readings WHERE room = ANY(%s) "
-            "AND measured_at >= %s AND measured_at < %s",
+            f"DELETE FROM {table} WHERE room = ANY(%s) "
+            f"AND {time_column} >= %s AND {time_column} < %s",
             (ROOMS, start, end),
         )
-        copy_frame(conn, "iot.env_readings", frame, ENV_TYPES)
+        copy_frame(conn, table, frame, types)
     return len(frame)
+
+
+def seed_env_readings(engine: sa.Engine, days: list[dt.date], tz: ZoneInfo) -> int:
+    frame = pd.concat(
+        [env_readings_for_day(room, day, tz) for day in days for room in ROOMS], ignore_index=True
+    )
+    return _replace_demo_rows(
+        engine, SOURCE_DDL, "iot.env_readings", "measured_at", frame, ENV_TYPES, days, tz
+    )
+
+
+SETPOINT_DDL = """
+CREATE SCHEMA IF NOT EXISTS iot;
+CREATE TABLE IF NOT EXISTS iot.device_setpoints (
+    room TEXT NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL, value DOUBLE PRECISION,
+    recorded_at TIMESTAMPTZ NOT NULL);
+CREATE INDEX IF NOT EXISTS device_setpoints_recorded_at ON iot.device_setpoints (recorded_at);
+"""
+SETPOINT_TYPES = {
+    "room": "text",
+    "device": "text",
+    "point": "text",
+    "value": "double precision",
+    "recorded_at": "timestamptz",
+}
+
+
+def _cycle(rng: np.random.Generator, minutes: int, on: tuple[int, int], off: tuple[int, int]) -> np.ndarray:
+    """A switch cycling ON for `on` and OFF for `off` minutes (random within the ranges)."""
+    state = np.zeros(minutes)
+    t, value = int(rng.integers(0, off[1])), 1
+    while t < minutes:
+        length = int(rng.integers(*(on if value else off)))
+        state[t : t + length] = value
+        t, value = t + length, 1 - value
+    return state
+
+
+def setpoints_for_day(room: str, day: dt.date, tz: ZoneInfo) -> pd.DataFrame:
+    """One room's device points, snapshotted every minute of one local day."""
+    rng = _rng("setpoints", room, day)
+    start = pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=tz))
+    times = pd.date_range(start, start + pd.Timedelta(days=1), freq="1min", inclusive="left")
+    minutes = len(times)
+    hour = np.asarray((times - start).total_seconds() // 3600)
+    temperature_target = np.full(minutes, 16.5)
+    temperature_target[int(rng.integers(480, 1080)) :] = rng.choice([16.0, 17.0])  # operator
+    humidity_target = np.where(hour < 12, 90.0, 92.0)
+    cooler = _cycle(rng, minutes, (15, 35), (10, 30))
+    points = {
+        ("air_cooler", "on_off"): cooler,
+        ("air_cooler", "temperature_setpoint"): temperature_target,
+        ("air_cooler", "mode"): np.where(hour < 6, 2.0, 1.0),  # 1 cooling, 2 eco at night
+        ("air_cooler", "compressor_running"): cooler,  # a running state, excluded by the config
+        ("air_cooler", "temperature_reading"): 16.5 + rng.normal(0, 0.2, minutes),  # a sensor leak
+        ("humidifier", "on_off"): _cycle(rng, minutes, (5, 15), (10, 40)),
+        ("humidifier", "humidity_setpoint"): humidity_target,
+        ("fresh_air_fan", "fan_on_off"): ((np.arange(minutes) % 60) < 10).astype(float),
+        ("grow_light", "light_on_off"): ((hour >= 6) & (hour < 18)).astype(float),
+    }
+    frames = [
+        pd.DataFrame({"room": room, "device": device, "point": point,
+                      "value": values.astype(object), "recorded_at": times})
+        for (device, point), values in points.items()
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    frame.loc[rng.choice(len(frame), 3, replace=False), "value"] = None  # dropped reads
+    repeated = frame.iloc[rng.choice(len(frame), 20, replace=False)]  # delivered twice
+    return pd.concat([frame, repeated], ignore_index=True)
+
+
+def seed_setpoints(engine: sa.Engine, days: list[dt.date], tz: ZoneInfo) -> int:
+    frame = pd.concat(
+        [setpoints_for_day(room, day, tz) for day in days for room in ROOMS], ignore_index=True
+    )
+    return _replace_demo_rows(
+        engine, SETPOINT_DDL, "iot.device_setpoints", "recorded_at", frame, SETPOINT_TYPES, days, tz
+    )

@@ -1,0 +1,253 @@
+"""Device setpoints: snapshots → exact change events → daily switching statistics."""
+
+import dagster as dg
+from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
+
+from mushroom_pipeline.checks.setpoints import (
+    chain_spec,
+    check_chain,
+    check_no_duplicates,
+    check_unconfigured,
+    no_duplicates_spec,
+    unconfigured_spec,
+)
+from mushroom_pipeline.environment.readings import window_predicate
+from mushroom_pipeline.io.postgres import (
+    PostgresClient,
+    PostgresRelation,
+    column_schema,
+    column_types,
+    markdown_preview,
+    read_frame,
+    replace_table_slice,
+    source_table,
+)
+from mushroom_pipeline.partitions import daily_partitions
+from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.setpoints.changes import EVENT_TYPES, detect_changes, point_treatments
+from mushroom_pipeline.setpoints.config import load_point_config
+from mushroom_pipeline.setpoints.snapshots import (
+    KEY,
+    SOURCE_COLUMNS,
+    SOURCE_TABLE,
+    find_baselines,
+    quarantine_relation,
+    snapshots_relation,
+)
+
+SNAPSHOTS_SCHEMA = column_schema(
+    ("room", "text"),
+    ("device", "text"),
+    ("point", "text"),
+    ("value", "double precision"),
+    ("recorded_at", "timestamptz"),
+    ("day", "date", "the partition day; a baseline row belongs to the first day of its run"),
+    ("source_rows", "bigint", "identical source rows folded into this snapshot"),
+    ("is_baseline", "boolean", "the point's last snapshot before the run's first day"),
+)
+QUARANTINE_SCHEMA = column_schema(
+    ("room", "text"),
+    ("device", "text"),
+    ("point", "text"),
+    ("value", "double precision"),
+    ("recorded_at", "timestamptz"),
+    ("reason", "text", "blank_key, null_value, nan_value, not_a_switch_value, conflicting_duplicate…"),
+)
+EVENTS_SCHEMA = column_schema(
+    *[(name, pg_type) for name, pg_type in EVENT_TYPES.items()]
+)
+SWITCH_STATS_SCHEMA = column_schema(
+    ("day", "date"),
+    ("room", "text"),
+    ("device", "text"),
+    ("point", "text"),
+    ("switch_ons", "bigint"),
+    ("switch_offs", "bigint"),
+    ("minutes_on", "double precision", "time ON within the day (up to now for today)"),
+    ("minutes_off", "double precision"),
+    ("minutes_unknown", "double precision", "before the point's first-ever snapshot"),
+)
+QUARANTINE_TABLE = "setpoint_snapshots_quarantine"
+
+
+def quarantine_slice(window: dg.TimeWindow) -> TableSlice:
+    return TableSlice(
+        table=QUARANTINE_TABLE,
+        schema="mushroom",
+        partition_dimensions=[TablePartitionDimension("recorded_at", window)],
+    )
+
+
+@dg.asset(
+    description="The day's valid snapshots of iot.device_setpoints (repeats folded) plus each "
+    "point's last snapshot before the day, its baseline. Invalid rows go to "
+    f"mushroom.{QUARANTINE_TABLE} with their reason.",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"partition_expr": "day", "dagster/column_schema": SNAPSHOTS_SCHEMA},
+    group_name="setpoints",
+    kinds={"postgres"},
+)
+def setpoint_snapshots(
+    context: dg.AssetExecutionContext,
+    source_database: PostgresResource,
+    warehouse: PostgresResource,
+):
+    window = context.partition_time_window
+    in_window = window_predicate("recorded_at", window)
+    with source_database.begin() as conn:
+        if conn.exec_driver_sql(f"SELECT to_regclass('{SOURCE_TABLE}')").scalar() is None:
+            raise dg.Failure(
+                f"The source database has no table {SOURCE_TABLE} (configured by "
+                f"{source_database.url_variable}); see ../shared/CONTRACTS.md for its columns."
+            )
+        source_rows = conn.exec_driver_sql(
+            f"SELECT count(*) FROM {SOURCE_TABLE} WHERE {in_window}"
+        ).scalar()
+    baselines = find_baselines(source_database, window)
+    with source_table(
+        source_database, warehouse, SOURCE_TABLE, SOURCE_COLUMNS, in_window,
+        f"device_setpoints_{context.run_id}",
+    ) as table:
+        quarantine = quarantine_slice(window)
+        replace_table_slice(
+            warehouse, quarantine, quarantine_relation(table, window), column_types(QUARANTINE_SCHEMA)
+        )
+        with warehouse.begin() as conn:
+            by_reason = dict(
+                conn.exec_driver_sql(
+                    f"SELECT reason, count(*) FROM ({PostgresClient.get_select_statement(quarantine)}) q "
+                    "GROUP BY reason ORDER BY 2 DESC"
+                ).all()
+            )
+        context.log.info(
+            f"{source_rows} source rows, {sum(by_reason.values())} quarantined {by_reason}, "
+            f"{len(baselines)} baselines"
+        )
+        yield dg.Output(
+            snapshots_relation(table, window, baselines),
+            metadata={
+                "source_rows": source_rows,
+                "invalid_rows": sum(by_reason.values()),
+                "invalid_by_reason": dg.MetadataValue.json(by_reason),
+                "baselines": len(baselines),
+                "quarantine_table": f"mushroom.{QUARANTINE_TABLE}",
+            },
+        )
+
+
+@dg.asset(
+    description="One row per change of a tracked device point (../shared/CONTRACTS.md): exactly "
+    "once across midnight and run boundaries; switches as switched_on / switched_off.",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"partition_expr": "day", "dagster/column_schema": EVENTS_SCHEMA},
+    check_specs=[no_duplicates_spec, chain_spec, unconfigured_spec],
+    group_name="setpoints",
+    kinds={"postgres"},
+)
+def setpoint_change_events(
+    context: dg.AssetExecutionContext,
+    warehouse: PostgresResource,
+    setpoint_snapshots: PostgresRelation,
+):
+    config = load_point_config()
+    with warehouse.begin() as conn:
+        treatments = point_treatments(conn, setpoint_snapshots.sql, config)
+        events = detect_changes(conn, setpoint_snapshots.sql, treatments)
+    excluded = treatments[treatments["excluded"]]
+    context.log.info(
+        f"{len(events)} change events from {len(treatments)} points "
+        f"({len(excluded)} excluded by {config.source})"
+    )
+    latest = events.sort_values("changed_at", ascending=False)
+    yield dg.Output(
+        events,
+        metadata={
+            "events_by_kind": dg.MetadataValue.json(events["change_kind"].value_counts().to_dict()),
+            "events_by_room": dg.MetadataValue.json(events["room"].value_counts().to_dict()),
+            "events_by_device": dg.MetadataValue.json(events["device"].value_counts().to_dict()),
+            "points_tracked": int((~treatments["excluded"]).sum()),
+            "points_excluded": len(excluded),
+            "excluded_points": dg.MetadataValue.json(sorted(set(excluded["point"]))),
+            "point_config": config.source,
+            "latest_events": markdown_preview(latest),
+        },
+    )
+    yield check_no_duplicates(events)
+    yield check_chain(events)
+    yield check_unconfigured(treatments)
+
+
+SWITCH_STATS_SQL = """
+WITH switches AS (
+    SELECT {key}, value, greatest(recorded_at, '{start}'::timestamptz) AS t0,
+           coalesce(lead(recorded_at) OVER (PARTITION BY {key} ORDER BY recorded_at),
+                    least('{end}'::timestamptz, now())) AS t1
+    FROM ({snapshots}) s
+    WHERE point ~ '(^|_)on_off$'
+), first_seen AS (
+    SELECT {key}, min(t0) AS first_at FROM switches GROUP BY {key}
+), days AS (
+    SELECT d::date AS day, d AS day_start, (d::date + 1)::timestamptz AS day_end
+    FROM generate_series('{start}'::timestamptz, least('{end}'::timestamptz, now()) - interval '1 microsecond',
+                         interval '1 day') d
+), spans AS (
+    SELECT day, {key}, value,
+           extract(epoch FROM least(t1, day_end) - greatest(t0, day_start)) / 60 AS minutes
+    FROM switches JOIN days ON t0 < day_end AND t1 > day_start
+), events AS (
+    SELECT day, {key},
+           count(*) FILTER (WHERE change_kind = 'switched_on') AS switch_ons,
+           count(*) FILTER (WHERE change_kind = 'switched_off') AS switch_offs
+    FROM ({events}) e GROUP BY day, {key}
+)
+SELECT days.day, f.room, f.device, f.point,
+       coalesce(e.switch_ons, 0) AS switch_ons, coalesce(e.switch_offs, 0) AS switch_offs,
+       coalesce(sum(minutes) FILTER (WHERE value = 1), 0) AS minutes_on,
+       coalesce(sum(minutes) FILTER (WHERE value = 0), 0) AS minutes_off,
+       greatest(0, extract(epoch FROM least(f.first_at, days.day_end) - days.day_start) / 60)
+           AS minutes_unknown
+FROM first_seen f CROSS JOIN days
+LEFT JOIN spans s ON s.day = days.day AND (s.room, s.device, s.point) = (f.room, f.device, f.point)
+LEFT JOIN events e ON e.day = days.day AND (e.room, e.device, e.point) = (f.room, f.device, f.point)
+WHERE f.first_at < days.day_end
+GROUP BY days.day, days.day_start, days.day_end, f.room, f.device, f.point, f.first_at,
+         e.switch_ons, e.switch_offs
+ORDER BY 1, 2, 3, 4
+"""
+
+
+@dg.asset(
+    description="Per day, room, device and switch point: switch-ons, switch-offs, minutes ON and "
+    "OFF (the figures of ioBroker / Home Assistant statistics).",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"partition_expr": "day", "dagster/column_schema": SWITCH_STATS_SCHEMA},
+    group_name="setpoints",
+    kinds={"postgres"},
+)
+def switch_daily_stats(
+    context: dg.AssetExecutionContext,
+    warehouse: PostgresResource,
+    setpoint_snapshots: PostgresRelation,
+    setpoint_change_events: PostgresRelation,
+):
+    window = context.partition_time_window
+    sql = SWITCH_STATS_SQL.format(
+        key=KEY,
+        start=window.start.isoformat(),
+        end=window.end.isoformat(),
+        snapshots=setpoint_snapshots.sql,
+        events=setpoint_change_events.sql,
+    )
+    with warehouse.begin() as conn:
+        stats = read_frame(conn, sql, column_types(SWITCH_STATS_SCHEMA))
+    return dg.Output(
+        stats,
+        metadata={
+            "switch_points": len(stats[["room", "device", "point"]].drop_duplicates()),
+            "switch_ons": int(stats["switch_ons"].sum()),
+            "mean_minutes_on": float(stats["minutes_on"].mean()) if len(stats) else 0.0,
+        },
+    )
