@@ -15,7 +15,7 @@ os.environ["MUSHROOM_START_DATE"] = "2015-01-01"  # the UCI readings are from Fe
 import pytest  # noqa: E402
 
 from mushroom_pipeline import embedded  # noqa: E402
-from mushroom_pipeline.demo.farm import SOURCE_DDL  # noqa: E402
+from mushroom_pipeline.demo.farm import SETPOINT_DDL, SOURCE_DDL  # noqa: E402
 from mushroom_pipeline.resources import PostgresResource  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -34,5 +34,5 @@ def warehouse() -> PostgresResource:
     resource = PostgresResource(home=str(TEST_HOME))
     with resource.begin() as conn:
         conn.exec_driver_sql("DROP SCHEMA IF EXISTS mushroom CASCADE; DROP SCHEMA IF EXISTS iot CASCADE")
-        conn.exec_driver_sql(SOURCE_DDL)
+        conn.exec_driver_sql(SOURCE_DDL + SETPOINT_DDL)
     return resource

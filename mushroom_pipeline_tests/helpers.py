@@ -3,19 +3,30 @@
 import dagster as dg
 import pandas as pd
 
-from mushroom_pipeline.demo.farm import ENV_TYPES
+from mushroom_pipeline.demo.farm import ENV_TYPES, SETPOINT_TYPES
 from mushroom_pipeline.io.postgres import copy_frame
 from mushroom_pipeline.resources import PostgresResource
 
 
-def insert_readings(database: PostgresResource, rows) -> None:
-    """rows: (room, metric, value, measured_at); value None is NULL, float('nan') is NaN."""
+def insert_rows(database: PostgresResource, table: str, types: dict[str, str], rows) -> None:
+    """rows: tuples in the order of `types`; a value None is NULL, float('nan') is NaN."""
     rows = list(rows)
-    frame = pd.DataFrame(rows, columns=["room", "metric", "value", "measured_at"])
-    frame["value"] = pd.Series([row[2] for row in rows], dtype=object)  # keeps None apart from NaN
-    frame["measured_at"] = pd.to_datetime(frame["measured_at"], utc=True, format="ISO8601")
+    frame = pd.DataFrame(rows, columns=list(types))
+    frame["value"] = pd.Series([row[list(types).index("value")] for row in rows], dtype=object)
+    time_column = next(c for c, t in types.items() if t == "timestamptz")
+    frame[time_column] = pd.to_datetime(frame[time_column], utc=True, format="ISO8601")
     with database.begin() as conn:
-        copy_frame(conn, "iot.env_readings", frame, ENV_TYPES)
+        copy_frame(conn, table, frame, types)
+
+
+def insert_readings(database: PostgresResource, rows) -> None:
+    """rows: (room, metric, value, measured_at)."""
+    insert_rows(database, "iot.env_readings", ENV_TYPES, rows)
+
+
+def insert_setpoints(database: PostgresResource, rows) -> None:
+    """rows: (room, device, point, value, recorded_at)."""
+    insert_rows(database, "iot.device_setpoints", SETPOINT_TYPES, rows)
 
 
 def query(database: PostgresResource, sql: str, **params) -> pd.DataFrame:

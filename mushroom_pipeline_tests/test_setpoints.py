@@ -1,0 +1,223 @@
+"""setpoint_snapshots → setpoint_change_events → switch_daily_stats, through Dagster, on the
+real Postgres: exact change events across midnight and run boundaries, against pandas."""
+
+import datetime as dt
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from mushroom_pipeline.definitions import database_resources
+from mushroom_pipeline.setpoints.assets import (
+    setpoint_change_events,
+    setpoint_snapshots,
+    switch_daily_stats,
+)
+
+from .helpers import insert_setpoints, query, range_tags
+
+ASSETS = [setpoint_snapshots, setpoint_change_events, switch_daily_stats]
+
+
+def run(partition_key=None, start=None, end=None) -> dg.ExecuteInProcessResult:
+    result = dg.materialize(
+        ASSETS,
+        partition_key=partition_key,
+        tags=range_tags(start, end) if start else None,
+        resources=database_resources(),
+    )
+    assert result.success
+    return result
+
+
+def events(warehouse) -> pd.DataFrame:
+    frame = query(
+        warehouse,
+        "SELECT day, room, device, point, changed_at, old_value, new_value, change_kind "
+        "FROM mushroom.setpoint_change_events ORDER BY room, device, point, changed_at",
+    )
+    frame["changed_at"] = pd.to_datetime(frame["changed_at"], utc=True)
+    return frame
+
+
+def at(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+def test_a_change_at_midnight_is_reported_once_whatever_the_runs(warehouse):
+    insert_setpoints(warehouse, [
+        ("601", "air_cooler", "temperature_setpoint", 16.5, "2026-01-12 23:58"),
+        ("601", "air_cooler", "temperature_setpoint", 16.5, "2026-01-12 23:59"),
+        ("601", "air_cooler", "temperature_setpoint", 17.0, "2026-01-13 00:00"),
+        ("601", "air_cooler", "temperature_setpoint", 17.0, "2026-01-13 00:01"),
+    ])
+    run("2026-01-12")
+    run("2026-01-13")
+    per_day = events(warehouse)
+    assert per_day[["changed_at", "old_value", "new_value", "change_kind"]].values.tolist() == [
+        [at("2026-01-13 00:00"), 16.5, 17.0, "changed"]
+    ]
+    assert str(per_day["day"][0]) == "2026-01-13"
+    run(start="2026-01-12", end="2026-01-13")  # one run over both days: the same event
+    pd.testing.assert_frame_equal(events(warehouse), per_day)
+
+
+def test_hourly_reruns_see_a_change_between_them_once_and_never_duplicate(warehouse):
+    def minutes(start, count, value):
+        base = at(start)
+        return [("602", "humidifier", "humidity_setpoint", value, base + pd.Timedelta(minutes=m))
+                for m in range(count)]
+
+    insert_setpoints(warehouse, minutes("2026-01-13 10:00", 60, 90.0))
+    run("2026-01-13")  # the 11:05 tick
+    assert events(warehouse).empty
+    insert_setpoints(warehouse, minutes("2026-01-13 11:00", 30, 90.0) + minutes("2026-01-13 11:30", 30, 92.0))
+    run("2026-01-13")  # the 12:05 tick
+    first = events(warehouse)
+    run("2026-01-13")  # the same tick again
+    second = events(warehouse)
+    assert first[["changed_at", "old_value", "new_value"]].values.tolist() == [
+        [at("2026-01-13 11:30"), 90.0, 92.0]
+    ]
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_repeats_out_of_order_nulls_conflicts_and_first_snapshots(warehouse):
+    rows = [
+        ("611", "air_cooler", "mode", 1.0, "2026-01-13 08:00"),  # first-ever: no change
+        ("611", "air_cooler", "mode", 1.0, "2026-01-13 08:01"),
+        ("611", "air_cooler", "mode", 1.0, "2026-01-13 08:01"),  # the same snapshot twice
+        ("611", "air_cooler", "mode", None, "2026-01-13 08:02"),  # a dropped read
+        ("611", "air_cooler", "mode", 1.0, "2026-01-13 08:03"),
+        ("611", "air_cooler", "mode", 2.0, "2026-01-13 08:05"),
+        ("611", "air_cooler", "mode", 3.0, "2026-01-13 08:04"),  # arrived after 08:05
+        ("611", "air_cooler", "mode", 4.0, "2026-01-13 08:06"),  # two values at one time:
+        ("611", "air_cooler", "mode", 5.0, "2026-01-13 08:06"),  # neither can be trusted
+        ("611", "air_cooler", "on_off", 0.5, "2026-01-13 08:00"),  # not a switch value
+        ("611", "air_cooler", "mode", float("nan"), "2026-01-13 08:07"),
+        ("611", "", "mode", 1.0, "2026-01-13 08:07"),
+    ]
+    insert_setpoints(warehouse, reversed(rows))
+    result = run("2026-01-13")
+    assert events(warehouse)[["changed_at", "old_value", "new_value"]].values.tolist() == [
+        [at("2026-01-13 08:04"), 1.0, 3.0],
+        [at("2026-01-13 08:05"), 3.0, 2.0],
+    ]
+    quarantine = query(warehouse, "SELECT reason FROM mushroom.setpoint_snapshots_quarantine")
+    assert sorted(quarantine["reason"]) == sorted([
+        "null_value", "conflicting_duplicate", "conflicting_duplicate", "not_a_switch_value",
+        "nan_value", "blank_key",
+    ])
+    folded = query(warehouse, "SELECT source_rows FROM mushroom.setpoint_snapshots "
+                              "WHERE recorded_at = '2026-01-13 08:01+00'")
+    assert folded["source_rows"].tolist() == [2]
+    snapshots = result.asset_materializations_for_node("setpoint_snapshots")[0].metadata
+    assert snapshots["source_rows"].value == len(rows)
+    assert snapshots["invalid_rows"].value == 6
+
+
+def test_a_switch_flipping_every_minute_and_its_statistics(warehouse):
+    flips = [("612", "fresh_air_fan", "fan_on_off", float(m % 2), at("2026-01-13 12:00") + pd.Timedelta(minutes=m))
+             for m in range(60)]
+    insert_setpoints(warehouse, flips)
+    run("2026-01-13")
+    table = events(warehouse)
+    assert len(table) == 59
+    assert (table["change_kind"] == np.where(table["new_value"] == 1, "switched_on", "switched_off")).all()
+    assert table["change_kind"].value_counts().to_dict() == {"switched_on": 30, "switched_off": 29}
+    stats = query(warehouse, "SELECT * FROM mushroom.switch_daily_stats").iloc[0]
+    assert (stats["switch_ons"], stats["switch_offs"]) == (30, 29)
+    assert stats["minutes_unknown"] == pytest.approx(12 * 60)  # before the first snapshot
+    # 30 one-minute OFF states; 29 one-minute ON states, and the last ON (12:59) holds to midnight
+    assert stats["minutes_off"] == pytest.approx(30)
+    assert stats["minutes_on"] == pytest.approx(29 + 11 * 60 + 1)
+
+
+def test_a_deadband_compares_with_the_last_reported_value(warehouse, tmp_path, monkeypatch):
+    config = tmp_path / "points.yaml"
+    config.write_text("rules:\n  - point: temperature_setpoint\n    kind: analog\n    deadband: 0.5\n")
+    monkeypatch.setenv("MUSHROOM_SETPOINT_CONFIG", str(config))
+    values = [16.0, 16.2, 16.4, 16.6, 16.3, 16.0, 16.5]
+    insert_setpoints(warehouse, [
+        ("601", "air_cooler", "temperature_setpoint", v, at("2026-01-13 09:00") + pd.Timedelta(minutes=i))
+        for i, v in enumerate(values)
+    ])
+    run("2026-01-13")
+    assert events(warehouse)[["old_value", "new_value"]].values.tolist() == [
+        [16.0, 16.6],  # a slow drift adds up past the deadband
+        [16.6, 16.0],
+    ]
+
+
+def test_excluded_points_make_no_events_and_are_counted(warehouse):
+    insert_setpoints(warehouse, [
+        ("601", "air_cooler", "compressor_running", float(m % 2), at("2026-01-13 09:00") + pd.Timedelta(minutes=m))
+        for m in range(10)
+    ])
+    result = run("2026-01-13")
+    assert events(warehouse).empty
+    metadata = result.asset_materializations_for_node("setpoint_change_events")[0].metadata
+    assert metadata["points_excluded"].value == 1
+    assert metadata["excluded_points"].value == ["compressor_running"]
+
+
+def pandas_events(snapshots: pd.DataFrame) -> pd.DataFrame:
+    """The contract's semantics, independently: per point, each snapshot vs the previous."""
+    ordered = snapshots.sort_values(["room", "device", "point", "recorded_at"])
+    previous = ordered.groupby(["room", "device", "point"])["value"].shift()
+    changed = ordered[previous.notna() & (ordered["value"] != previous)].copy()
+    changed["old_value"] = previous[changed.index]
+    switch = changed["point"].str.match(r"^(.*_)?on_off$")
+    changed["change_kind"] = np.where(
+        switch, np.where(changed["value"] == 1, "switched_on", "switched_off"), "changed"
+    )
+    return changed.rename(columns={"recorded_at": "changed_at", "value": "new_value"})[
+        ["room", "device", "point", "changed_at", "old_value", "new_value", "change_kind"]
+    ].reset_index(drop=True)
+
+
+def test_events_match_an_independent_pandas_implementation(warehouse, monkeypatch, tmp_path):
+    config = tmp_path / "points.yaml"
+    config.write_text("rules: []\n")  # the contract's default: every point, every change
+    monkeypatch.setenv("MUSHROOM_SETPOINT_CONFIG", str(config))
+    rng = np.random.default_rng(42)
+    times = pd.date_range("2026-01-12", "2026-01-15", freq="5min", inclusive="left", tz="UTC")
+    frames = []
+    for room in ["601", "602", "611", "612"]:
+        for number in range(10):
+            point = f"p{number}_on_off" if number < 4 else f"p{number}_setpoint"
+            flips = rng.random(len(times)) < 0.03
+            if point.endswith("on_off"):
+                values = np.cumsum(flips) % 2
+            else:
+                values = 16 + np.cumsum(flips * rng.choice([-0.5, 0.5], len(times)))
+            frames.append(pd.DataFrame({"room": room, "device": f"d{number % 3}", "point": point,
+                                        "value": values.astype(float), "recorded_at": times}))
+    snapshots = pd.concat(frames, ignore_index=True)
+    insert_setpoints(warehouse, snapshots.sample(frac=1, random_state=1).itertuples(index=False))
+    expected = pandas_events(snapshots)
+    assert len(expected) > 100
+
+    run(start="2026-01-12", end="2026-01-14")
+    ranged = events(warehouse).drop(columns="day")
+    pd.testing.assert_frame_equal(ranged, expected, check_dtype=False)
+    for day in ["2026-01-12", "2026-01-13", "2026-01-14"]:
+        run(day)
+    pd.testing.assert_frame_equal(events(warehouse).drop(columns="day"), expected, check_dtype=False)
+
+
+def test_the_hourly_schedule_runs_today_and_finalizes_yesterday_at_0005():
+    from mushroom_pipeline.automation.schedules import hourly_setpoint_monitoring
+    from mushroom_pipeline.definitions import defs
+
+    def keys(when):
+        context = dg.build_schedule_context(
+            scheduled_execution_time=when, repository_def=defs.get_repository_def()
+        )
+        return [r.partition_key for r in hourly_setpoint_monitoring.evaluate_tick(context).run_requests]
+
+    utc = dt.timezone.utc
+    assert hourly_setpoint_monitoring.cron_schedule == "5 * * * *"
+    assert keys(dt.datetime(2026, 1, 13, 14, 5, tzinfo=utc)) == ["2026-01-13"]
+    assert keys(dt.datetime(2026, 1, 14, 0, 5, tzinfo=utc)) == ["2026-01-13"]
