@@ -9,7 +9,6 @@ STAMP := $(VENV)/.installed
 # pip takes torch 2.14.1 / torchvision 0.29.1 from this machine's wheel store when it has one.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -26,6 +25,7 @@ ui: install
 
 benchmark: install
 	$(BIN)/python benchmarks/env_daily_stats.py
+	$(BIN)/python benchmarks/setpoint_change_events.py
 
 clean:
 	-$(BIN)/mushroom-pipeline db stop

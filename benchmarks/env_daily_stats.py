@@ -17,27 +17,21 @@ import argparse
 import datetime as dt
 import io
 import os
-import statistics
 import sys
-import tempfile
 import time
 
-os.environ["MUSHROOM_HOME"] = tempfile.mkdtemp(prefix="mushroom-bench-")
-os.environ.setdefault("MUSHROOM_START_DATE", "2024-01-01")
-for variable in ("MUSHROOM_DATABASE_URL", "MUSHROOM_SOURCE_DATABASE_URL", "MUSHROOM_TIMEZONE"):
-    os.environ.pop(variable, None)
+from _common import RESOURCES, median_seconds, reset_source, timed_run
 
-import dagster as dg  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from mushroom_pipeline import embedded  # noqa: E402
-from mushroom_pipeline.definitions import database_resources  # noqa: E402
-from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL  # noqa: E402
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings  # noqa: E402
-from mushroom_pipeline.io.postgres import copy_frame  # noqa: E402
-from mushroom_pipeline.settings import load_settings  # noqa: E402
+from mushroom_pipeline import embedded
+from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
+from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.io.postgres import copy_frame
+from mushroom_pipeline.settings import load_settings
 
+ASSETS = [env_readings, env_daily_stats]
 DAY = dt.date(2025, 6, 1)
 METRICS = {"temperature_c": 16.0, "humidity_pct": 90.0, "co2_ppm": 1000.0}
 BASELINE_AGGREGATE = """
@@ -63,19 +57,18 @@ def readings(days: list[dt.date], rooms: int, cadence_s: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def load(resources, frame: pd.DataFrame) -> None:
-    with resources["source_database"].begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA IF EXISTS iot CASCADE; DROP SCHEMA IF EXISTS mushroom CASCADE")
-        conn.exec_driver_sql(SOURCE_DDL)
+def load(frame: pd.DataFrame) -> None:
+    reset_source(SOURCE_DDL)
+    with RESOURCES["source_database"].begin() as conn:
         copy_frame(conn, "iot.env_readings", frame, ENV_TYPES)
         conn.exec_driver_sql("ANALYZE iot.env_readings")
 
 
-def bare_minimum(resources) -> float:
+def bare_minimum() -> float:
     start = dt.datetime.combine(DAY, dt.time(), tzinfo=dt.timezone.utc)
     window = {"start": start, "end": start + dt.timedelta(days=1)}
     began = time.perf_counter()
-    with resources["source_database"].begin() as conn:
+    with RESOURCES["source_database"].begin() as conn:
         cursor = conn.connection.dbapi_connection.cursor()
         buffer = io.StringIO()
         cursor.copy_expert(
@@ -88,17 +81,6 @@ def bare_minimum(resources) -> float:
     return time.perf_counter() - began
 
 
-def pipeline(resources, fresh: bool = False, **run) -> float:
-    """Seconds of one Dagster run; `fresh`: into empty output tables (a day's first run)."""
-    if fresh:
-        with resources["warehouse"].begin() as conn:
-            conn.exec_driver_sql("DROP SCHEMA IF EXISTS mushroom CASCADE")
-    began = time.perf_counter()
-    result = dg.materialize([env_readings, env_daily_stats], resources=resources, **run)
-    assert result.success
-    return time.perf_counter() - began
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rooms", type=int, default=50)
@@ -106,17 +88,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backfill-days", type=int, default=365)
     args = parser.parse_args()
-    resources = database_resources()
     settings = load_settings()
 
     day = readings([DAY], args.rooms, args.cadence_s)
-    load(resources, day)
+    load(day)
     rows = len(day)
-    pipeline(resources, partition_key=DAY.isoformat())  # warm-up: tables, caches, imports
     key = DAY.isoformat()
-    fresh = statistics.median(pipeline(resources, True, partition_key=key) for _ in range(args.repeats))
-    again = statistics.median(pipeline(resources, partition_key=key) for _ in range(args.repeats))
-    bare = statistics.median(bare_minimum(resources) for _ in range(args.repeats))
+    timed_run(ASSETS, partition_key=key)  # warm-up: imports, caches
+    fresh = median_seconds(lambda: timed_run(ASSETS, True, partition_key=key), args.repeats)
+    again = median_seconds(lambda: timed_run(ASSETS, partition_key=key), args.repeats)
+    bare = median_seconds(bare_minimum, args.repeats)
     print(f"## One day: {rows:,} source rows ({args.rooms} rooms × 3 metrics, {args.cadence_s} s cadence)")
     print("| path | seconds | rows/s |")
     print("|---|---:|---:|")
@@ -129,14 +110,14 @@ def main() -> None:
     first = DAY - dt.timedelta(days=args.backfill_days - 1)
     days = [first + dt.timedelta(days=i) for i in range(args.backfill_days)]
     small = readings(days, rooms=2, cadence_s=3600)
-    load(resources, small)
-    one_run = pipeline(resources, tags={
+    load(small)
+    one_run = timed_run(ASSETS, tags={
         "dagster/asset_partition_range_start": days[0].isoformat(),
         "dagster/asset_partition_range_end": days[-1].isoformat(),
     })
     per_partition_began = time.perf_counter()
     for d in days:
-        pipeline(resources, partition_key=d.isoformat())
+        timed_run(ASSETS, partition_key=d.isoformat())
     per_partition = time.perf_counter() - per_partition_began
     print(f"\n## Backfill: {args.backfill_days} days × {len(small) // args.backfill_days} rows")
     print("| path | seconds |")
