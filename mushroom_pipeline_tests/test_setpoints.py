@@ -221,3 +221,14 @@ def test_the_hourly_schedule_runs_today_and_finalizes_yesterday_at_0005():
     assert hourly_setpoint_monitoring.cron_schedule == "5 * * * *"
     assert keys(dt.datetime(2026, 1, 13, 14, 5, tzinfo=utc)) == ["2026-01-13"]
     assert keys(dt.datetime(2026, 1, 14, 0, 5, tzinfo=utc)) == ["2026-01-13"]
+
+
+def test_a_missing_source_table_is_a_clear_failure(warehouse):
+    from .helpers import failure_text
+
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE iot.device_setpoints")
+    result = dg.materialize(ASSETS, partition_key="2026-01-13", resources=database_resources(),
+                            raise_on_error=False)
+    assert not result.success
+    assert "no table iot.device_setpoints" in failure_text(result)

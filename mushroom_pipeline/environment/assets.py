@@ -3,7 +3,6 @@
 import json
 
 import dagster as dg
-from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 
 from mushroom_pipeline.checks.environment import (
     check_complete,
@@ -18,7 +17,6 @@ from mushroom_pipeline.environment.readings import (
     SOURCE_COLUMNS,
     quarantine_relation,
     readings_relation,
-    window_predicate,
 )
 from mushroom_pipeline.io.postgres import (
     PostgresClient,
@@ -26,9 +24,8 @@ from mushroom_pipeline.io.postgres import (
     column_schema,
     column_types,
     read_frame,
-    replace_table_slice,
-    source_table,
 )
+from mushroom_pipeline.io.source import quarantined_source, time_slice
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 
@@ -72,14 +69,6 @@ STATS_SCHEMA = column_schema(
 QUARANTINE_TABLE = "env_readings_quarantine"
 
 
-def quarantine_slice(window: dg.TimeWindow) -> TableSlice:
-    return TableSlice(
-        table=QUARANTINE_TABLE,
-        schema="mushroom",
-        partition_dimensions=[TablePartitionDimension("measured_at", window)],
-    )
-
-
 @dg.asset(
     description="The day's valid readings of iot.env_readings, one row per (room, metric, "
     f"measured_at): duplicates folded into their mean. Invalid source rows go to "
@@ -97,48 +86,27 @@ def env_readings(
     warehouse: PostgresResource,
 ):
     window = context.partition_time_window
-    in_window = window_predicate("measured_at", window)
-    with source_database.begin() as conn:
-        if conn.exec_driver_sql("SELECT to_regclass('iot.env_readings')").scalar() is None:
-            raise dg.Failure(
-                f"The source database has no table iot.env_readings (configured by "
-                f"{source_database.url_variable}); see ../shared/CONTRACTS.md for its columns."
-            )
-        source_rows = conn.exec_driver_sql(
-            f"SELECT count(*) FROM iot.env_readings WHERE {in_window}"
-        ).scalar()
-    staging_name = f"env_readings_{context.run_id}"
-    with source_table(
-        source_database, warehouse, "iot.env_readings", SOURCE_COLUMNS, in_window, staging_name
-    ) as table:
-        # The quarantine is written first: if the readings' write then fails, a re-run replaces
-        # both, and no invalid row is ever missing from it.
-        quarantine = quarantine_slice(window)
-        replace_table_slice(
-            warehouse, quarantine, quarantine_relation(table, window), column_types(QUARANTINE_SCHEMA)
-        )
-        with warehouse.begin() as conn:
-            by_reason = dict(
-                conn.exec_driver_sql(
-                    f"SELECT reason, count(*) FROM ({PostgresClient.get_select_statement(quarantine)}) q "
-                    "GROUP BY reason ORDER BY 2 DESC"
-                ).all()
-            )
-        invalid = sum(by_reason.values())
-        context.log.info(
-            f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {source_rows} source rows, "
-            f"{invalid} quarantined {by_reason}"
-        )
+    with quarantined_source(
+        context,
+        source_database,
+        warehouse,
+        "iot.env_readings",
+        SOURCE_COLUMNS,
+        "measured_at",
+        time_slice(QUARANTINE_TABLE, "measured_at", window),
+        quarantine_relation,
+        column_types(QUARANTINE_SCHEMA),
+    ) as source:
         yield dg.Output(
-            readings_relation(table, window),
+            readings_relation(source.table, window),
             metadata={
-                "source_rows": source_rows,
-                "invalid_rows": invalid,
-                "invalid_by_reason": dg.MetadataValue.json(by_reason),
+                "source_rows": source.source_rows,
+                "invalid_rows": source.invalid_rows,
+                "invalid_by_reason": dg.MetadataValue.json(source.invalid_by_reason),
                 "quarantine_table": f"mushroom.{QUARANTINE_TABLE}",
             },
         )
-    yield check_invalid_share(source_rows, by_reason)
+    yield check_invalid_share(source.source_rows, source.invalid_by_reason)
 
 
 STATS_SQL = """
@@ -193,7 +161,7 @@ def env_daily_stats(
     env_readings: PostgresRelation,
 ):
     quarantine = PostgresClient.get_select_statement(
-        quarantine_slice(context.partition_time_window)
+        time_slice(QUARANTINE_TABLE, "measured_at", context.partition_time_window)
     )
     relations = {"readings": env_readings.sql, "quarantine": quarantine}
     with warehouse.begin() as conn:

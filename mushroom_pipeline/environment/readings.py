@@ -4,6 +4,7 @@ day's rows are classified and folded inside Postgres and never travel to Python.
 import dagster as dg
 
 from mushroom_pipeline.io.postgres import PostgresRelation
+from mushroom_pipeline.io.source import window_predicate
 
 # Physical ranges of the known metrics (inclusive); other metrics are free text without a range.
 KNOWN_RANGES: dict[str, tuple[float, float]] = {
@@ -17,13 +18,6 @@ SOURCE_COLUMNS = {
     "value": "double precision",
     "measured_at": "timestamptz",
 }
-
-
-def window_predicate(column: str, window: dg.TimeWindow) -> str:
-    return (
-        f"{column} >= '{window.start.isoformat()}'::timestamptz "
-        f"AND {column} < '{window.end.isoformat()}'::timestamptz"
-    )
 
 
 def _reason_case() -> str:

@@ -13,7 +13,7 @@ SELECT statement, for steps that aggregate inside the database instead of moving
 
 import csv
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import NamedTuple
 

@@ -1,7 +1,6 @@
 """Device setpoints: snapshots → exact change events → daily switching statistics."""
 
 import dagster as dg
-from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 
 from mushroom_pipeline.checks.setpoints import (
     chain_spec,
@@ -11,17 +10,14 @@ from mushroom_pipeline.checks.setpoints import (
     no_duplicates_spec,
     unconfigured_spec,
 )
-from mushroom_pipeline.environment.readings import window_predicate
 from mushroom_pipeline.io.postgres import (
-    PostgresClient,
     PostgresRelation,
     column_schema,
     column_types,
     markdown_preview,
     read_frame,
-    replace_table_slice,
-    source_table,
 )
+from mushroom_pipeline.io.source import quarantined_source, time_slice
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.setpoints.changes import EVENT_TYPES, detect_changes, point_treatments
@@ -70,14 +66,6 @@ SWITCH_STATS_SCHEMA = column_schema(
 QUARANTINE_TABLE = "setpoint_snapshots_quarantine"
 
 
-def quarantine_slice(window: dg.TimeWindow) -> TableSlice:
-    return TableSlice(
-        table=QUARANTINE_TABLE,
-        schema="mushroom",
-        partition_dimensions=[TablePartitionDimension("recorded_at", window)],
-    )
-
-
 @dg.asset(
     description="The day's valid snapshots of iot.device_setpoints (repeats folded) plus each "
     "point's last snapshot before the day, its baseline. Invalid rows go to "
@@ -94,42 +82,24 @@ def setpoint_snapshots(
     warehouse: PostgresResource,
 ):
     window = context.partition_time_window
-    in_window = window_predicate("recorded_at", window)
-    with source_database.begin() as conn:
-        if conn.exec_driver_sql(f"SELECT to_regclass('{SOURCE_TABLE}')").scalar() is None:
-            raise dg.Failure(
-                f"The source database has no table {SOURCE_TABLE} (configured by "
-                f"{source_database.url_variable}); see ../shared/CONTRACTS.md for its columns."
-            )
-        source_rows = conn.exec_driver_sql(
-            f"SELECT count(*) FROM {SOURCE_TABLE} WHERE {in_window}"
-        ).scalar()
-    baselines = find_baselines(source_database, window)
-    with source_table(
-        source_database, warehouse, SOURCE_TABLE, SOURCE_COLUMNS, in_window,
-        f"device_setpoints_{context.run_id}",
-    ) as table:
-        quarantine = quarantine_slice(window)
-        replace_table_slice(
-            warehouse, quarantine, quarantine_relation(table, window), column_types(QUARANTINE_SCHEMA)
-        )
-        with warehouse.begin() as conn:
-            by_reason = dict(
-                conn.exec_driver_sql(
-                    f"SELECT reason, count(*) FROM ({PostgresClient.get_select_statement(quarantine)}) q "
-                    "GROUP BY reason ORDER BY 2 DESC"
-                ).all()
-            )
-        context.log.info(
-            f"{source_rows} source rows, {sum(by_reason.values())} quarantined {by_reason}, "
-            f"{len(baselines)} baselines"
-        )
+    with quarantined_source(
+        context,
+        source_database,
+        warehouse,
+        SOURCE_TABLE,
+        SOURCE_COLUMNS,
+        "recorded_at",
+        time_slice(QUARANTINE_TABLE, "recorded_at", window),
+        quarantine_relation,
+        column_types(QUARANTINE_SCHEMA),
+    ) as source:
+        baselines = find_baselines(source_database, window)
         yield dg.Output(
-            snapshots_relation(table, window, baselines),
+            snapshots_relation(source.table, window, baselines),
             metadata={
-                "source_rows": source_rows,
-                "invalid_rows": sum(by_reason.values()),
-                "invalid_by_reason": dg.MetadataValue.json(by_reason),
+                "source_rows": source.source_rows,
+                "invalid_rows": source.invalid_rows,
+                "invalid_by_reason": dg.MetadataValue.json(source.invalid_by_reason),
                 "baselines": len(baselines),
                 "quarantine_table": f"mushroom.{QUARANTINE_TABLE}",
             },

@@ -6,8 +6,8 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
-from mushroom_pipeline.environment.readings import window_predicate
 from mushroom_pipeline.io.postgres import PostgresRelation, read_frame
+from mushroom_pipeline.io.source import window_predicate
 from mushroom_pipeline.resources import PostgresResource
 
 SOURCE_TABLE = "iot.device_setpoints"
