@@ -1,0 +1,109 @@
+"""Both object-store backends behind one interface: the real `minio` client against moto's S3
+server mode, and the local folder; the contract's key layout; keys that try to escape."""
+
+import datetime as dt
+import hashlib
+import socket
+import time
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from mushroom_pipeline.objectstore import (
+    ObjectInfo,
+    ObjectStoreResource,
+    ObjectStoreUnavailableError,
+    parse_image_key,
+)
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+OBJECTS = {
+    "612/20251224/612_1921681235_20251218_20251224160000.jpg": b"jpeg bytes",
+    "612/20251224/no_time.png": b"png bytes",
+    "601/20251224/sub/deeper.jpg": b"not in the layout",
+    "601/notes.txt": b"not an image",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from minio import Minio
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"127.0.0.1:{port}"
+    client = Minio(endpoint, access_key="test", secret_key="test", secure=False)
+    client.make_bucket("mushroom-images")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(params=["minio", "local"])
+def store(request, tmp_path):
+    if request.param == "minio":
+        resource = ObjectStoreResource(
+            endpoint=request.getfixturevalue("s3_endpoint"), access_key="test", secret_key="test"
+        )
+    else:
+        resource = ObjectStoreResource(home=str(tmp_path))
+    backend = resource.store()
+    for key, data in OBJECTS.items():
+        backend.put(key, data)
+    return backend
+
+
+def test_list_and_get_through_either_backend(store):
+    listed = {info.key: info for info in store.list()}
+    assert set(listed) >= set(OBJECTS)
+    info = listed["612/20251224/no_time.png"]
+    assert info.size == len(b"png bytes")
+    assert info.etag == hashlib.md5(b"png bytes").hexdigest()  # S3's etag of a simple upload
+    assert store.get("612/20251224/no_time.png") == b"png bytes"
+    assert {i.key for i in store.list("612/20251224/")} == {
+        k for k in OBJECTS if k.startswith("612/20251224/")
+    }
+
+
+def test_keys_follow_the_contract_layout():
+    modified = dt.datetime(2025, 12, 24, 9, 30, tzinfo=dt.timezone.utc)
+    parsed = {
+        key: parse_image_key(ObjectInfo(key, "e", 1, modified), SHANGHAI) for key in OBJECTS
+    }
+    stamped = parsed["612/20251224/612_1921681235_20251218_20251224160000.jpg"]
+    assert (stamped.room, stamped.day) == ("612", dt.date(2025, 12, 24))
+    assert stamped.captured_at == dt.datetime(2025, 12, 24, 16, 0, tzinfo=SHANGHAI)  # farm time
+    assert parsed["612/20251224/no_time.png"].captured_at == modified  # last-modified instead
+    assert parsed["601/20251224/sub/deeper.jpg"] is None
+    assert parsed["601/notes.txt"] is None
+    assert parse_image_key(ObjectInfo("612/20251399/x.jpg", "e", 1, modified), SHANGHAI) is None
+
+
+@pytest.mark.parametrize("key", ["../outside.jpg", "/etc/passwd", "612/../../x.jpg", "a\\..\\b.jpg", ""])
+def test_a_key_cannot_escape_the_local_folder(tmp_path, key):
+    backend = ObjectStoreResource(home=str(tmp_path / "home")).store()
+    with pytest.raises(ValueError, match="not a plain relative key"):
+        backend.get(key)
+    with pytest.raises(ValueError):
+        backend.put(key, b"x")
+    assert not (tmp_path / "outside.jpg").exists()
+
+
+def test_an_unreachable_object_store_fails_fast_naming_the_variable():
+    started = time.monotonic()
+    with pytest.raises(ObjectStoreUnavailableError, match="MUSHROOM_MINIO_ENDPOINT"):
+        ObjectStoreResource(endpoint=f"127.0.0.1:{free_port()}", timeout_s=2).store()
+    assert time.monotonic() - started < 10
+
+
+def test_a_missing_bucket_names_its_variable(s3_endpoint):
+    with pytest.raises(ObjectStoreUnavailableError, match="MUSHROOM_IMAGE_BUCKET"):
+        ObjectStoreResource(endpoint=s3_endpoint, access_key="test", secret_key="test",
+                            bucket="no-such-bucket").store()
