@@ -77,7 +77,7 @@ class LocalFolderStore:
     def __init__(self, root: Path):
         self.root = root
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
             return
         base = self.root / safe_key(prefix) if prefix else self.root
@@ -90,6 +90,12 @@ class LocalFolderStore:
                     size=stat.st_size,
                     last_modified=dt.datetime.fromtimestamp(stat.st_mtime, dt.timezone.utc),
                 )
+
+    def rooms(self) -> list[str]:
+        """The top-level folders: one per room."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
 
     def get(self, key: str) -> bytes:
         return (self.root / safe_key(key)).read_bytes()
@@ -129,11 +135,18 @@ class MinioStore:
                 "fix MUSHROOM_IMAGE_BUCKET."
             )
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for item in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
             if not item.is_dir:
                 yield ObjectInfo(item.object_name, (item.etag or "").strip('"'), item.size or 0,
                                  item.last_modified)
+
+    def rooms(self) -> list[str]:
+        return sorted(
+            item.object_name.rstrip("/")
+            for item in self.client.list_objects(self.bucket, recursive=False)
+            if item.is_dir
+        )
 
     def get(self, key: str) -> bytes:
         response = self.client.get_object(self.bucket, key)

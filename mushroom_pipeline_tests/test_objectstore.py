@@ -61,13 +61,13 @@ def store(request, tmp_path):
 
 
 def test_list_and_get_through_either_backend(store):
-    listed = {info.key: info for info in store.list()}
+    listed = {info.key: info for info in store.objects()}
     assert set(listed) >= set(OBJECTS)
     info = listed["612/20251224/no_time.png"]
     assert info.size == len(b"png bytes")
     assert info.etag == hashlib.md5(b"png bytes").hexdigest()  # S3's etag of a simple upload
     assert store.get("612/20251224/no_time.png") == b"png bytes"
-    assert {i.key for i in store.list("612/20251224/")} == {
+    assert {i.key for i in store.objects("612/20251224/")} == {
         k for k in OBJECTS if k.startswith("612/20251224/")
     }
 
@@ -107,3 +107,34 @@ def test_a_missing_bucket_names_its_variable(s3_endpoint):
     with pytest.raises(ObjectStoreUnavailableError, match="MUSHROOM_IMAGE_BUCKET"):
         ObjectStoreResource(endpoint=s3_endpoint, access_key="test", secret_key="test",
                             bucket="no-such-bucket").store()
+
+
+def test_image_manifest_lists_the_days_images_and_counts_the_rest(store, warehouse):
+    import dagster as dg
+
+    from mushroom_pipeline.definitions import database_resources
+    from mushroom_pipeline.vision.manifest import image_manifest
+
+    from .helpers import query
+
+    class Given(ObjectStoreResource):
+        def store(self):  # the parametrized backend, already filled
+            return store
+
+    store.put("612/20251225/next_day.jpg", b"another day")
+    result = dg.materialize(
+        [image_manifest],
+        partition_key="2025-12-24",
+        resources={**database_resources(), "object_store": Given()},
+    )
+    assert result.success
+    manifest = query(warehouse, "SELECT * FROM mushroom.image_manifest ORDER BY object_key")
+    assert manifest["object_key"].tolist() == [
+        "612/20251224/612_1921681235_20251218_20251224160000.jpg",
+        "612/20251224/no_time.png",
+    ]
+    assert manifest["room"].tolist() == ["612", "612"]
+    assert manifest["size"].tolist() == [len(b"jpeg bytes"), len(b"png bytes")]
+    assert manifest["etag"].str.len().eq(32).all()
+    metadata = result.asset_materializations_for_node("image_manifest")[0].metadata
+    assert metadata["ignored_keys"].value == 1  # 601/20251224/sub/deeper.jpg
