@@ -3,6 +3,8 @@
 import dagster as dg
 import pandas as pd
 
+from mushroom_pipeline.io.postgres import markdown_preview
+
 INVALID_SHARE_LIMIT = 0.05
 COVERAGE_LIMIT = 0.9
 
@@ -49,12 +51,8 @@ def check_coverage(stats: pd.DataFrame) -> dg.AssetCheckResult:
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "groups_below_limit": len(low),
-            "below_limit": dg.MetadataValue.md(
-                low[["day", "room", "metric", "n", "cadence_s", "coverage"]]
-                .head(20)
-                .to_markdown(index=False)
-                if len(low)
-                else "(none)"
+            "below_limit": markdown_preview(
+                low[["day", "room", "metric", "n", "cadence_s", "coverage"]], 20
             ),
         },
     )
@@ -74,8 +72,6 @@ def check_complete(stats: pd.DataFrame, seen: pd.DataFrame) -> dg.AssetCheckResu
         ),
         metadata={
             "groups_without_stats": len(missing),
-            "missing": dg.MetadataValue.md(
-                missing.head(20).to_markdown(index=False) if len(missing) else "(none)"
-            ),
+            "missing": markdown_preview(missing, 20),
         },
     )

@@ -4,6 +4,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from mushroom_pipeline.io.postgres import markdown_preview
+
 UNCONFIGURED_SHARE_LIMIT = 0.2
 
 no_duplicates_spec = dg.AssetCheckSpec(
@@ -25,16 +27,12 @@ unconfigured_spec = dg.AssetCheckSpec(
 KEY = ["room", "device", "point"]
 
 
-def _table(frame: pd.DataFrame) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(20).to_markdown(index=False) if len(frame) else "(none)")
-
-
 def check_no_duplicates(events: pd.DataFrame) -> dg.AssetCheckResult:
     duplicated = events[events.duplicated(KEY + ["changed_at"], keep=False)]
     return dg.AssetCheckResult(
         check_name=no_duplicates_spec.name,
         passed=duplicated.empty,
-        metadata={"duplicate_events": len(duplicated), "examples": _table(duplicated)},
+        metadata={"duplicate_events": len(duplicated), "examples": markdown_preview(duplicated, 20)},
     )
 
 
@@ -45,7 +43,7 @@ def check_chain(events: pd.DataFrame) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=chain_spec.name,
         passed=broken.empty,
-        metadata={"broken_links": len(broken), "examples": _table(broken)},
+        metadata={"broken_links": len(broken), "examples": markdown_preview(broken, 20)},
     )
 
 

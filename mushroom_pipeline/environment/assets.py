@@ -93,19 +93,11 @@ def env_readings(
         "iot.env_readings",
         SOURCE_COLUMNS,
         "measured_at",
-        time_slice(QUARANTINE_TABLE, "measured_at", window),
+        QUARANTINE_TABLE,
         quarantine_relation,
         column_types(QUARANTINE_SCHEMA),
     ) as source:
-        yield dg.Output(
-            readings_relation(source.table, window),
-            metadata={
-                "source_rows": source.source_rows,
-                "invalid_rows": source.invalid_rows,
-                "invalid_by_reason": dg.MetadataValue.json(source.invalid_by_reason),
-                "quarantine_table": f"mushroom.{QUARANTINE_TABLE}",
-            },
-        )
+        yield dg.Output(readings_relation(source.table, window), metadata=source.metadata())
     yield check_invalid_share(source.source_rows, source.invalid_by_reason)
 
 

@@ -42,10 +42,19 @@ class SourceWindow:
     table: str  # the name the warehouse queries the source rows by
     source_rows: int
     invalid_by_reason: dict[str, int]
+    quarantine_table: str
 
     @property
     def invalid_rows(self) -> int:
         return sum(self.invalid_by_reason.values())
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "source_rows": self.source_rows,
+            "invalid_rows": self.invalid_rows,
+            "invalid_by_reason": dg.MetadataValue.json(self.invalid_by_reason),
+            "quarantine_table": f"mushroom.{self.quarantine_table}",
+        }
 
 
 @contextmanager
@@ -56,11 +65,12 @@ def quarantined_source(
     table: str,
     columns: Mapping[str, str],
     time_column: str,
-    quarantine: TableSlice,
+    quarantine_table: str,
     quarantine_relation: Callable[[str, dg.TimeWindow], PostgresRelation],
     quarantine_types: Mapping[str, str],
 ) -> Iterator[SourceWindow]:
     window = context.partition_time_window
+    quarantine = time_slice(quarantine_table, time_column, window)
     in_window = window_predicate(time_column, window)
     with source.begin() as conn:
         if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
@@ -85,4 +95,4 @@ def quarantined_source(
             f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {source_rows} rows of {table}, "
             f"{sum(by_reason.values())} quarantined {by_reason}"
         )
-        yield SourceWindow(queryable, source_rows, by_reason)
+        yield SourceWindow(queryable, source_rows, by_reason, quarantine_table)

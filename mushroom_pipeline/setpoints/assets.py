@@ -17,7 +17,7 @@ from mushroom_pipeline.io.postgres import (
     markdown_preview,
     read_frame,
 )
-from mushroom_pipeline.io.source import quarantined_source, time_slice
+from mushroom_pipeline.io.source import quarantined_source
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.setpoints.changes import EVENT_TYPES, detect_changes, point_treatments
@@ -89,20 +89,14 @@ def setpoint_snapshots(
         SOURCE_TABLE,
         SOURCE_COLUMNS,
         "recorded_at",
-        time_slice(QUARANTINE_TABLE, "recorded_at", window),
+        QUARANTINE_TABLE,
         quarantine_relation,
         column_types(QUARANTINE_SCHEMA),
     ) as source:
         baselines = find_baselines(source_database, window)
         yield dg.Output(
             snapshots_relation(source.table, window, baselines),
-            metadata={
-                "source_rows": source.source_rows,
-                "invalid_rows": source.invalid_rows,
-                "invalid_by_reason": dg.MetadataValue.json(source.invalid_by_reason),
-                "baselines": len(baselines),
-                "quarantine_table": f"mushroom.{QUARANTINE_TABLE}",
-            },
+            metadata={**source.metadata(), "baselines": len(baselines)},
         )
 
 

@@ -88,9 +88,10 @@ def _deadband_changes(connection, snapshots_sql: str, points: pd.DataFrame) -> p
         times = group["recorded_at"].to_numpy()
         baseline = group["is_baseline"].to_numpy()
         reported = values[0]
+        # a hair over the deadband: 16.50 → 16.55 is not a change of a 0.05 deadband
+        threshold = deadbands[key] + 1e-9
         for i in range(1, len(values)):
-            # a hair over the deadband: 16.50 → 16.55 is not a change of a 0.05 deadband
-            if abs(values[i] - reported) > deadbands[key] + 1e-9 and not baseline[i]:
+            if abs(values[i] - reported) > threshold and not baseline[i]:
                 rows.append((*key, times[i], reported, values[i]))
                 reported = values[i]
     events = pd.DataFrame(rows, columns=["room", "device", "point", "changed_at", "old_value", "new_value"])
