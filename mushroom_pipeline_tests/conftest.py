@@ -1,6 +1,7 @@
 """Tests run against a real embedded Postgres + pgvector under a temporary MUSHROOM_HOME."""
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,21 @@ from mushroom_pipeline import embedded  # noqa: E402
 from mushroom_pipeline.demo.farm import SETPOINT_DDL, SOURCE_DDL  # noqa: E402
 from mushroom_pipeline.resources import PostgresResource  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+def _shared_data() -> Path:
+    """../shared/data beside this checkout, or beside the local repository it was cloned from
+    (a clone in a scratch folder for a clean-clone check)."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [repo.parent / "shared" / "data"]
+    origin = subprocess.run(
+        ["git", "-C", str(repo), "config", "--get", "remote.origin.url"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared" / "data")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+DATA = _shared_data()
 
 
 @pytest.fixture(scope="session", autouse=True)
