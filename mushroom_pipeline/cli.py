@@ -58,6 +58,34 @@ def cmd_ui(settings: Settings, args) -> None:
     )
 
 
+def cmd_search(settings: Settings, args) -> None:
+    from mushroom_pipeline.definitions import defs
+    from mushroom_pipeline.vision.search import nearest, stored_vector
+
+    clip = defs.resources["clip_encoder"]
+    warehouse = defs.resources["warehouse"]
+    other_days_than = None
+    if args.similar:
+        vector, other_days_than = stored_vector(warehouse, args.similar, clip.model_id())
+        model = clip.model_id()
+    else:
+        encoder = clip.encoder()
+        model = encoder.model_id
+        if args.text:
+            vector = encoder.encode_texts([args.text])[0]
+        else:
+            from mushroom_pipeline.vision.decode import decode_image
+
+            decoded = decode_image(Path(args.image).read_bytes(), encoder.image_size)
+            vector = encoder.encode_images(encoder.preprocess(decoded.image)[None])[0]
+        if encoder.random_weights:
+            print("WARNING: untrained (random) CLIP weights: distances carry no meaning",
+                  file=sys.stderr)
+    hits = nearest(warehouse, vector, model, room=args.room, day=args.day,
+                   other_days_than=other_days_than, limit=args.limit)
+    print(hits.to_markdown(index=False, floatfmt=".4f") if len(hits) else "no images")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mushroom-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -69,8 +97,18 @@ def main(argv: list[str] | None = None) -> None:
     ui = commands.add_parser("ui", help="the Dagster UI (webserver + daemon)")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
+    search = commands.add_parser("search", help="nearest images to a text, an image, or a stored image")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a description, embedded by CLIP's text tower")
+    query.add_argument("--image", help="an image file")
+    query.add_argument("--similar", metavar="OBJECT_KEY",
+                       help="similar historical cases: an embedded image's nearest from other days")
+    search.add_argument("--room")
+    search.add_argument("--day", help="YYYY-MM-DD")
+    search.add_argument("--limit", type=int, default=10)
     args = parser.parse_args(argv)
-    handler = {"env": cmd_env, "db": cmd_db, "demo": cmd_demo, "ui": cmd_ui}[args.command]
+    handler = {"env": cmd_env, "db": cmd_db, "demo": cmd_demo, "ui": cmd_ui,
+               "search": cmd_search}[args.command]
     handler(load_settings(), args)
 
 

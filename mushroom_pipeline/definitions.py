@@ -4,20 +4,35 @@ import os
 
 import dagster as dg
 
-from mushroom_pipeline.automation.jobs import environment_job, farm_daily_job, setpoints_job
-from mushroom_pipeline.automation.schedules import daily_env_stats, hourly_setpoint_monitoring
-from mushroom_pipeline.automation.sensors import late_env_readings_sensor
+from mushroom_pipeline.automation.jobs import (
+    environment_job,
+    farm_daily_job,
+    setpoints_job,
+    vision_job,
+)
+from mushroom_pipeline.automation.schedules import (
+    daily_clip_inference,
+    daily_env_stats,
+    hourly_setpoint_monitoring,
+)
+from mushroom_pipeline.automation.sensors import (
+    late_env_readings_sensor,
+    new_images_sensor,
+)
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.io.postgres import PostgresPandasIOManager
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.partitions import SETTINGS
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.settings import ConfigurationError
 from mushroom_pipeline.setpoints.assets import (
     setpoint_change_events,
     setpoint_snapshots,
     switch_daily_stats,
 )
+from mushroom_pipeline.settings import ConfigurationError
+from mushroom_pipeline.vision.describer import DescriberResource
+from mushroom_pipeline.vision.embeddings import image_embeddings
+from mushroom_pipeline.vision.encoder import ClipEncoderResource
 from mushroom_pipeline.vision.manifest import image_manifest
 
 
@@ -58,8 +73,31 @@ def database_resources() -> dict[str, object]:
     }
 
 
+def _positive_int(variable: str, default: int) -> int:
+    value = os.environ.get(variable, "").strip() or str(default)
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f"{variable}={value!r}: use a positive whole number")
+    return int(value)
+
+
+def model_resources() -> dict[str, object]:
+    device = os.environ.get("MUSHROOM_CLIP_DEVICE", "").strip() or "auto"
+    return {
+        "clip_encoder": ClipEncoderResource(
+            architecture=os.environ.get("MUSHROOM_CLIP_MODEL", "").strip() or "ViT-B-32",
+            pretrained=os.environ.get("MUSHROOM_CLIP_PRETRAINED", "").strip() or "laion2b_s34b_b79k",
+            device=device,
+            batch_size=_positive_int("MUSHROOM_CLIP_BATCH_SIZE", 20),
+            decode_threads=_positive_int("MUSHROOM_CLIP_DECODE_THREADS", 4),
+        ),
+        "describer": DescriberResource(
+            model=os.environ.get("MUSHROOM_DESCRIBER_MODEL", "").strip() or None, device=device
+        ),
+    }
+
+
 def all_resources() -> dict[str, object]:
-    return {**database_resources(), "object_store": object_store_resource()}
+    return {**database_resources(), "object_store": object_store_resource(), **model_resources()}
 
 
 defs = dg.Definitions(
@@ -70,9 +108,10 @@ defs = dg.Definitions(
         setpoint_change_events,
         switch_daily_stats,
         image_manifest,
+        image_embeddings,
     ],
-    jobs=[environment_job, setpoints_job, farm_daily_job],
-    schedules=[daily_env_stats, hourly_setpoint_monitoring],
-    sensors=[late_env_readings_sensor],
+    jobs=[environment_job, setpoints_job, vision_job, farm_daily_job],
+    schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference],
+    sensors=[late_env_readings_sensor, new_images_sensor],
     resources=all_resources(),
 )

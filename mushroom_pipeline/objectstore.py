@@ -26,6 +26,10 @@ class ObjectStoreUnavailableError(RuntimeError):
     """The object store cannot be reached or read; the message names the variable to fix."""
 
 
+class ObjectMissingError(KeyError):
+    """The object was listed but is gone (deleted or renamed since)."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -88,7 +92,7 @@ class LocalFolderStore:
                     key=path.relative_to(self.root).as_posix(),
                     etag=hashlib.md5(path.read_bytes()).hexdigest(),
                     size=stat.st_size,
-                    last_modified=dt.datetime.fromtimestamp(stat.st_mtime, dt.timezone.utc),
+                    last_modified=dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC),
                 )
 
     def rooms(self) -> list[str]:
@@ -98,7 +102,10 @@ class LocalFolderStore:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
 
     def get(self, key: str) -> bytes:
-        return (self.root / safe_key(key)).read_bytes()
+        try:
+            return (self.root / safe_key(key)).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissingError(key) from None
 
     def put(self, key: str, data: bytes) -> None:
         path = self.root / safe_key(key)
@@ -149,7 +156,14 @@ class MinioStore:
         )
 
     def get(self, key: str) -> bytes:
-        response = self.client.get_object(self.bucket, key)
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as err:
+            if err.code == "NoSuchKey":
+                raise ObjectMissingError(key) from None
+            raise
         try:
             return response.read()
         finally:

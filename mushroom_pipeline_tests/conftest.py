@@ -18,6 +18,8 @@ import pytest  # noqa: E402
 from mushroom_pipeline import embedded  # noqa: E402
 from mushroom_pipeline.demo.farm import SETPOINT_DDL, SOURCE_DDL  # noqa: E402
 from mushroom_pipeline.resources import PostgresResource  # noqa: E402
+from mushroom_pipeline_tests.helpers import free_port  # noqa: E402
+
 
 def _shared_data() -> Path:
     """../shared/data beside this checkout, or beside the local repository it was cloned from
@@ -51,3 +53,18 @@ def warehouse() -> PostgresResource:
         conn.exec_driver_sql("DROP SCHEMA IF EXISTS mushroom CASCADE; DROP SCHEMA IF EXISTS iot CASCADE")
         conn.exec_driver_sql(SOURCE_DDL + SETPOINT_DDL)
     return resource
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from minio import Minio
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"127.0.0.1:{port}"
+    client = Minio(endpoint, access_key="test", secret_key="test", secure=False)
+    client.make_bucket("mushroom-images")
+    yield endpoint
+    server.stop()

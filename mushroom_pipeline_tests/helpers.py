@@ -1,5 +1,7 @@
 """Shared test helpers: source rows in, Dagster runs, tables out."""
 
+import socket
+
 import dagster as dg
 import pandas as pd
 
@@ -46,3 +48,9 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
         messages.append(error.message)
         error = error.cause
     return "\n".join(messages)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

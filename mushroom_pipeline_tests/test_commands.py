@@ -14,7 +14,7 @@ from mushroom_pipeline import embedded
 
 BIN = Path(sys.executable).parent
 TABLES = ["iot.env_readings", "mushroom.env_readings", "mushroom.env_readings_quarantine",
-          "mushroom.env_daily_stats"]
+          "mushroom.env_daily_stats", "mushroom.image_embeddings"]
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +39,16 @@ def snapshot(url: str) -> dict[str, pd.DataFrame]:
 
 
 def test_the_demo_runs_twice_to_the_same_tables(demo_home):
-    env = {**os.environ, "MUSHROOM_HOME": str(demo_home)}
+    # No network here: the demo would pick random weights itself; said explicitly, it need not probe.
+    env = {**os.environ, "MUSHROOM_HOME": str(demo_home), "MUSHROOM_CLIP_PRETRAINED": "random"}
     first_output = run([BIN / "mushroom-pipeline", "demo", "--days", "2"], env)
     assert "succeeded" in first_output and "stats_rows" in first_output
+    assert "CLIP WEIGHTS: RANDOM" in first_output and "ViT-B-32/random" in first_output
     url = embedded.server_url(demo_home)
     first = snapshot(url)
     assert len(first["mushroom.env_daily_stats"]) == 2 * 4 * 3  # days × rooms × metrics
     assert len(first["mushroom.env_readings_quarantine"]) > 0
+    assert len(first["mushroom.image_embeddings"]) == 2 * 4 * 3  # days × rooms × shots
     run([BIN / "mushroom-pipeline", "demo", "--days", "2"], env)
     second = snapshot(url)
     for table in TABLES:

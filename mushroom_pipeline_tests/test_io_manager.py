@@ -4,6 +4,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -181,3 +182,33 @@ def test_timestamps_without_timezone_are_refused(warehouse):
     io_resources, _ = resources()
     with pytest.raises(Exception, match="without a timezone"):
         dg.materialize([naive], resources=io_resources)
+
+
+def test_frames_with_vectors_round_trip_through_binary_copy(warehouse):
+    from dagster._core.storage.db_io_manager import TableSlice
+
+    from mushroom_pipeline.io.postgres import read_frame, replace_table_slice
+
+    types = {"day": "date", "at": "timestamptz", "name": "text", "n": "bigint", "k": "integer",
+             "x": "double precision", "ok": "boolean", "v": "vector"}
+    frame = pd.DataFrame({
+        "day": [dt.date(2026, 1, 13), None],
+        "at": pd.to_datetime(["2026-01-13 10:00:00.123456+08:00", None], utc=True, format="ISO8601"),
+        "name": ["caps 'é'", None],
+        "n": pd.array([2**62 + 1, None], dtype="Int64"),
+        "k": pd.array([-320, None], dtype="Int64"),
+        "x": [1.5, None],
+        "ok": pd.array([True, None], dtype="boolean"),
+        "v": [np.array([0.25, -1e-7, 3.4e38], np.float32), np.array([0, 1, 2], np.float32)],
+    })
+    written = replace_table_slice(warehouse, TableSlice(table="vectors", schema="mushroom"), frame, types)
+    assert written == 2
+    database = resources()[1]
+    with database.begin() as conn:
+        back = read_frame(conn, "SELECT * FROM mushroom.vectors ORDER BY n NULLS LAST",
+                          {**types, "v": "vector(3)"})
+    assert back.loc[0, ["day", "name", "n", "k", "x", "ok"]].tolist() == [
+        dt.date(2026, 1, 13), "caps 'é'", 2**62 + 1, -320, 1.5, True]
+    assert back.loc[0, "at"] == pd.Timestamp("2026-01-13 02:00:00.123456", tz="UTC")
+    assert back.loc[1, ["day", "name", "n", "k", "x", "ok", "at"]].isna().all()
+    np.testing.assert_array_equal(np.stack(back["v"]), np.stack(frame["v"]))

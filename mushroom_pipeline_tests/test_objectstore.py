@@ -3,7 +3,6 @@ server mode, and the local folder; the contract's key layout; keys that try to e
 
 import datetime as dt
 import hashlib
-import socket
 import time
 from zoneinfo import ZoneInfo
 
@@ -15,6 +14,7 @@ from mushroom_pipeline.objectstore import (
     ObjectStoreUnavailableError,
     parse_image_key,
 )
+from mushroom_pipeline_tests.helpers import free_port
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 OBJECTS = {
@@ -23,27 +23,6 @@ OBJECTS = {
     "601/20251224/sub/deeper.jpg": b"not in the layout",
     "601/notes.txt": b"not an image",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from minio import Minio
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"127.0.0.1:{port}"
-    client = Minio(endpoint, access_key="test", secret_key="test", secure=False)
-    client.make_bucket("mushroom-images")
-    yield endpoint
-    server.stop()
 
 
 @pytest.fixture(params=["minio", "local"])

@@ -24,3 +24,10 @@ farm_daily_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     description="Every asset of the farm for one day: the main job.",
 )
+
+vision_job = dg.define_asset_job(
+    "vision_job",
+    selection=dg.AssetSelection.groups("vision"),
+    partitions_def=daily_partitions,
+    description="Camera images → manifest → CLIP embeddings, descriptions and fused vectors.",
+)

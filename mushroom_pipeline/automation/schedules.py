@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from mushroom_pipeline.automation.jobs import environment_job, setpoints_job
+from mushroom_pipeline.automation.jobs import environment_job, setpoints_job, vision_job
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 
 
@@ -50,3 +50,18 @@ def hourly_setpoint_monitoring(context: dg.ScheduleEvaluationContext):
         return dg.SkipReason("the day precedes MUSHROOM_START_DATE")
     tick = context.scheduled_execution_time.astimezone(SETTINGS.tz)
     return dg.RunRequest(run_key=f"hourly_setpoint_monitoring:{tick:%Y-%m-%dT%H}", partition_key=key)
+
+
+@dg.schedule(
+    name="daily_clip_inference",
+    cron_schedule="2 3 * * *",
+    execution_timezone=SETTINGS.timezone,
+    job=vision_job,
+    description="03:02 farm time: yesterday's images → CLIP embeddings (images already embedded "
+    "by the new-images sensor are skipped).",
+)
+def daily_clip_inference(context: dg.ScheduleEvaluationContext):
+    key = previous_day_partition(context.scheduled_execution_time)
+    if key is None:
+        return dg.SkipReason("yesterday precedes MUSHROOM_START_DATE")
+    return dg.RunRequest(run_key=f"daily_clip_inference:{key}", partition_key=key)

@@ -1,13 +1,17 @@
 """Sensors: work the cron jobs could not see, such as readings that arrive after their day ran."""
 
 import datetime as dt
+import hashlib
 import json
 
 import dagster as dg
 
-from mushroom_pipeline.automation.jobs import environment_job
+from mushroom_pipeline.automation.jobs import environment_job, vision_job
+from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.vision.encoder import ClipEncoderResource
+from mushroom_pipeline.vision.manifest import list_images
 
 LOOKBACK_DAYS = 14  # late data older than this needs a manual backfill
 MAX_RUNS_PER_TICK = 5  # the rest waits for the next tick, so one tick stays cheap
@@ -68,7 +72,7 @@ def late_env_readings_sensor(
 ):
     materialized = context.instance.get_materialized_partitions(dg.AssetKey("env_readings"))
     stale = stale_partitions(
-        source_database, warehouse, set(materialized), dt.datetime.now(dt.timezone.utc)
+        source_database, warehouse, set(materialized), dt.datetime.now(dt.UTC)
     )
     # The cursor remembers what was requested, so a day waiting for its run is not asked again.
     requested: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
@@ -84,5 +88,71 @@ def late_env_readings_sensor(
             tags={"mushroom/trigger": "late_env_readings"},
         )
         for day, count in batch.items()
+        if daily_partitions.has_partition_key(day)
+    ]
+
+
+def _handled_images(warehouse: PostgresResource, model: str, first: dt.date) -> set[tuple[str, str]]:
+    """(object_key, etag) already embedded by `model`, or failed with it (they would fail again)."""
+    handled: set[tuple[str, str]] = set()
+    with warehouse.begin() as conn:
+        for table in ("mushroom.image_embeddings", "mushroom.image_failures"):
+            if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is not None:
+                handled.update(conn.exec_driver_sql(
+                    f"SELECT object_key, etag FROM {table} WHERE model = %s AND day >= %s",
+                    (model, first),
+                ).all())
+    return handled
+
+
+def days_with_new_images(
+    object_store: ObjectStoreResource, warehouse: PostgresResource, model: str, now: dt.datetime
+) -> dict[str, list[str]]:
+    """{day: sorted new keys} over the lookback, newest day first."""
+    today = now.astimezone(SETTINGS.tz).date()
+    days = [today - dt.timedelta(days=n) for n in range(LOOKBACK_DAYS + 1)]
+    images, _ = list_images(object_store.store(), days)
+    handled = _handled_images(warehouse, model, days[-1])
+    new: dict[str, list[str]] = {}
+    for image in images:
+        if (image.key, image.etag) not in handled:
+            new.setdefault(image.day.isoformat(), []).append(image.key)
+    return {day: sorted(new[day]) for day in sorted(new, reverse=True)}
+
+
+@dg.sensor(
+    name="new_images_sensor",
+    job=vision_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=f"Embeds images as they arrive: a run for each day (last {LOOKBACK_DAYS}) with "
+    "images the configured model has not embedded yet.",
+)
+def new_images_sensor(
+    context: dg.SensorEvaluationContext,
+    object_store: ObjectStoreResource,
+    warehouse: PostgresResource,
+    clip_encoder: ClipEncoderResource,
+):
+    new = days_with_new_images(
+        object_store, warehouse, clip_encoder.model_id(), dt.datetime.now(dt.UTC)
+    )
+    batches = {
+        day: hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16] for day, keys in new.items()
+    }
+    # The cursor remembers the batch requested per day: a run still queued is not asked again.
+    requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    fresh = {day: digest for day, digest in batches.items() if requested.get(day) != digest}
+    batch = dict(list(fresh.items())[:MAX_RUNS_PER_TICK])
+    context.update_cursor(json.dumps({**{d: h for d, h in requested.items() if d in batches}, **batch}))
+    if not batch:
+        return dg.SkipReason(f"{len(batches)} day(s) with new images, none not yet requested")
+    return [
+        dg.RunRequest(
+            run_key=f"new_images:{day}:{digest}",
+            partition_key=day,
+            tags={"mushroom/trigger": "new_images", "mushroom/new_images": str(len(new[day]))},
+        )
+        for day, digest in batch.items()
         if daily_partitions.has_partition_key(day)
     ]

@@ -6,6 +6,7 @@ Deterministic per (room, day): seeding the same days again writes the same rows.
 """
 
 import datetime as dt
+import io
 import zlib
 from zoneinfo import ZoneInfo
 
@@ -169,3 +170,42 @@ def seed_setpoints(engine: sa.Engine, days: list[dt.date], tz: ZoneInfo) -> int:
     return _replace_demo_rows(
         engine, SETPOINT_DDL, "iot.device_setpoints", "recorded_at", frame, SETPOINT_TYPES, days, tz
     )
+
+
+IMAGE_HOURS = (8, 14, 20)  # three camera shots per room per day
+
+
+def demo_image(room: str, day: dt.date, hour: int) -> bytes:
+    """A synthetic shot of a shelf: mushroom caps that grow through the days of the cycle."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = _rng("image", room, day, hour)
+    image = Image.new("RGB", (320, 240), (62 + int(rng.integers(0, 20)), 48, 36))
+    draw = ImageDraw.Draw(image)
+    growth = 4 + (day.toordinal() % 14) * 1.5 + hour / 12
+    for _ in range(int(rng.integers(6, 14))):
+        x, y = int(rng.integers(20, 300)), int(rng.integers(90, 220))
+        radius = growth * float(rng.uniform(0.7, 1.3))
+        draw.rectangle([x - radius / 5, y, x + radius / 5, y + radius], fill=(225, 215, 195))
+        shade = int(rng.integers(170, 235))
+        draw.ellipse([x - radius, y - radius / 1.6, x + radius, y + radius / 3],
+                     fill=(shade, shade - 25, shade - 60))
+    buffer = io.BytesIO()
+    image.filter(ImageFilter.SMOOTH).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def seed_images(store, days: list[dt.date]) -> tuple[int, int]:
+    """Camera images per the contract's key layout; the last day also gets one corrupt upload
+    (a camera that lost power mid-write), so the failure path shows. Returns (images, corrupt)."""
+    count = 0
+    for day in days:
+        for room in ROOMS:
+            for hour in IMAGE_HOURS:
+                stamp = f"{day:%Y%m%d}{hour:02d}0000"
+                store.put(f"{room}/{day:%Y%m%d}/{room}_cam1_{stamp}.jpg", demo_image(room, day, hour))
+                count += 1
+    last = days[-1]
+    whole = demo_image(ROOMS[0], last, 23)
+    store.put(f"{ROOMS[0]}/{last:%Y%m%d}/{ROOMS[0]}_cam1_{last:%Y%m%d}230000.jpg", whole[: len(whole) // 3])
+    return count, 1

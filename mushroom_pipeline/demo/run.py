@@ -1,12 +1,21 @@
 """`make demo`: seed the demo farm, materialize every asset for its days through Dagster, report."""
 
 import datetime as dt
+import os
+import socket
 
 import dagster as dg
 import pandas as pd
 
-from mushroom_pipeline.demo.farm import days_ending, seed_env_readings, seed_setpoints
+from mushroom_pipeline.demo.farm import (
+    days_ending,
+    seed_env_readings,
+    seed_images,
+    seed_setpoints,
+)
 from mushroom_pipeline.settings import Settings
+
+WEIGHTS_HOST = ("huggingface.co", 443)  # where open_clip downloads pretrained weights from
 
 SUMMARY_SQL = """
 WITH src AS (SELECT measured_at::date AS day, count(*) AS source_rows FROM iot.env_readings
@@ -22,16 +31,48 @@ WITH src AS (SELECT measured_at::date AS day, count(*) AS source_rows FROM iot.e
             FROM mushroom.setpoint_change_events WHERE day = ANY(%(days)s) GROUP BY 1),
      sw AS (SELECT day, sum(switch_ons) AS switch_ons,
                    round(avg(minutes_on)::numeric, 1) AS mean_minutes_on
-            FROM mushroom.switch_daily_stats WHERE day = ANY(%(days)s) GROUP BY 1)
+            FROM mushroom.switch_daily_stats WHERE day = ANY(%(days)s) GROUP BY 1),
+     im AS (SELECT day, count(*) AS images FROM mushroom.image_manifest
+            WHERE day = ANY(%(days)s) GROUP BY 1),
+     em AS (SELECT day, count(*) AS embedded FROM mushroom.image_embeddings
+            WHERE day = ANY(%(days)s) AND model = %(model)s GROUP BY 1),
+     fa AS (SELECT day, count(*) AS image_failures FROM mushroom.image_failures
+            WHERE day = ANY(%(days)s) AND model = %(model)s GROUP BY 1)
 SELECT day, source_rows, invalid, readings, stats_rows, mean_coverage,
-       setpoint_events, setpoint_changes, switch_ons, mean_minutes_on
+       setpoint_events, setpoint_changes, switch_ons, mean_minutes_on,
+       images, embedded, coalesce(image_failures, 0) AS image_failures
 FROM src LEFT JOIN inv USING (day) LEFT JOIN rd USING (day) LEFT JOIN st USING (day)
-     LEFT JOIN ev USING (day) LEFT JOIN sw USING (day) ORDER BY day
+     LEFT JOIN ev USING (day) LEFT JOIN sw USING (day) LEFT JOIN im USING (day)
+     LEFT JOIN em USING (day) LEFT JOIN fa USING (day) ORDER BY day
 """
 
 
+def choose_clip_weights() -> bool:
+    """Pretrained weights when they can be downloaded; otherwise (no network, as on the build
+    machines) untrained ones, said loudly. Returns whether the weights are random."""
+    if os.environ.get("MUSHROOM_CLIP_PRETRAINED", "").strip():
+        return os.environ["MUSHROOM_CLIP_PRETRAINED"].strip() == "random"
+    try:
+        socket.create_connection(WEIGHTS_HOST, timeout=3).close()
+        return False
+    except OSError:
+        os.environ["MUSHROOM_CLIP_PRETRAINED"] = "random"
+        return True
+
+
+RANDOM_BANNER = """
+********************************************************************************
+*  CLIP WEIGHTS: RANDOM (untrained). No pretrained weights could be downloaded, *
+*  so the demo runs with MUSHROOM_CLIP_PRETRAINED=random: the pipeline is real, *
+*  the vectors carry no meaning. Every materialization says so in its metadata. *
+********************************************************************************"""
+
+
 def run_demo(settings: Settings, days: int) -> None:
-    # Imported here: the definitions read the environment that prepare_dagster_home sets.
+    random_weights = choose_clip_weights()
+    if random_weights:
+        print(RANDOM_BANNER)
+    # Imported here: the definitions read the environment set above and by prepare_dagster_home.
     from mushroom_pipeline.definitions import defs
 
     warehouse = defs.resources["warehouse"]
@@ -40,8 +81,10 @@ def run_demo(settings: Settings, days: int) -> None:
     demo_days = days_ending(yesterday, days)
     readings = seed_env_readings(source.get_engine(), demo_days, settings.tz)
     snapshots = seed_setpoints(source.get_engine(), demo_days, settings.tz)
-    print(f"Demo farm: {readings} readings and {snapshots} setpoint snapshots for "
-          f"{demo_days[0]} … {demo_days[-1]} ({settings.timezone})")
+    images, corrupt = seed_images(defs.resources["object_store"].store(), demo_days)
+    print(f"Demo farm: {readings} readings, {snapshots} setpoint snapshots, {images} camera "
+          f"images (+{corrupt} corrupt upload) for {demo_days[0]} … {demo_days[-1]} "
+          f"({settings.timezone})")
 
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def("farm_daily_job")
@@ -57,12 +100,15 @@ def run_demo(settings: Settings, days: int) -> None:
             raise SystemExit(f"the run for {day} failed; see `make ui` → Runs")
 
     with warehouse.begin() as conn:
-        summary = pd.read_sql_query(SUMMARY_SQL, conn, params={"days": demo_days})
+        model = defs.resources["clip_encoder"].model_id()
+        summary = pd.read_sql_query(SUMMARY_SQL, conn, params={"days": demo_days, "model": model})
     print()
     print(summary.to_markdown(index=False))
+    print(f"\nCLIP model: {model}" + (RANDOM_BANNER if random_weights else ""))
     print(
         "\nOutput tables (schema mushroom): env_readings, env_readings_quarantine, "
         "env_daily_stats, setpoint_snapshots, setpoint_snapshots_quarantine, "
-        "setpoint_change_events, switch_daily_stats.\nOpen the Dagster UI on the same data with `make ui` "
+        "setpoint_change_events, switch_daily_stats, image_manifest, image_embeddings, "
+        "image_failures.\nSearch them: `mushroom-pipeline search --text 'young white caps'`.\nOpen the Dagster UI on the same data with `make ui` "
         "(http://127.0.0.1:3000)."
     )

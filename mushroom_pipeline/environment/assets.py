@@ -29,7 +29,6 @@ from mushroom_pipeline.io.source import quarantined_source, time_slice
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 
-
 READINGS_SCHEMA = column_schema(
     ("room", "text"),
     ("metric", "text"),

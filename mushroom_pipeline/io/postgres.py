@@ -13,7 +13,8 @@ SELECT statement, for steps that aggregate inside the database instead of moving
 
 import csv
 import io
-from collections.abc import Iterator, Mapping
+import struct
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -170,8 +171,6 @@ def _csv_column(series: pd.Series, pg_type: str) -> pd.Series:
     if pg_type in ("double precision", "real") and series.dtype == object:
         # An object column keeps NULL (None) apart from NaN (float nan), as the source may.
         return series.map(lambda v: NULL if v is None else "NaN" if v != v else repr(float(v)))
-    if pg_type.startswith("vector"):
-        return series.map(lambda v: "[" + ",".join(repr(float(x)) for x in v) + "]")
     return series
 
 
@@ -186,6 +185,103 @@ def copy_frame(connection: sa.Connection, table: str, frame: pd.DataFrame, types
     cursor.copy_expert(
         f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')", buffer
     )
+
+
+PG_EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
+BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_FIXED_WIDTH = {"double precision": ">f8", "real": ">f4", "bigint": ">i8", "integer": ">i4",
+                "smallint": ">i2", "boolean": "?"}
+
+
+def _missing(value) -> bool:
+    """None, NaN, NA or NaT (what pandas holds for NULL), but never a vector."""
+    return value is None or (np.ndim(value) == 0 and pd.isna(value))
+
+
+def _binary_fields(series: pd.Series, pg_type: str) -> list[bytes | None]:
+    """One column in COPY's binary format, field by field (None: NULL)."""
+    if pg_type.startswith("vector"):
+        return [
+            None if _missing(v) else struct.pack(">HH", len(v), 0) + np.asarray(v, ">f4").tobytes()
+            for v in series
+        ]
+    if pg_type == "text":
+        return [None if _missing(v) else str(v).encode() for v in series]
+    if pg_type.startswith("timestamp"):
+        values = pd.to_datetime(series, utc=True)
+        micros = ((values - PG_EPOCH) // pd.Timedelta(microseconds=1)).astype("Int64")
+        return [None if m is pd.NA else struct.pack(">q", m) for m in micros]
+    if pg_type == "date":
+        days = pd.to_datetime(series).dt.normalize()
+        offsets = ((days - PG_EPOCH.tz_localize(None)) // pd.Timedelta(days=1)).astype("Int64")
+        return [None if d is pd.NA else struct.pack(">i", d) for d in offsets]
+    if pg_type in _FIXED_WIDTH:
+        nulls = series.isna().to_numpy()  # NaN goes in as NULL on this path
+        kind = {"boolean": "bool", "double precision": "float64", "real": "float64"}.get(pg_type, "int64")
+        filled = series.astype(object).where(~nulls, 0).astype(kind)
+        # Sliced from the array's bytes: numpy scalars would give them in native byte order.
+        packed = filled.to_numpy().astype(_FIXED_WIDTH[pg_type]).tobytes()
+        width = np.dtype(_FIXED_WIDTH[pg_type]).itemsize
+        return [None if null else packed[i * width:(i + 1) * width] for i, null in enumerate(nulls)]
+    raise ValueError(f"no binary COPY encoding for column {series.name!r} of type {pg_type}")
+
+
+def copy_frame_binary(connection: sa.Connection, table: str, frame: pd.DataFrame,
+                      types: Mapping[str, str]):
+    """COPY in binary: vectors travel as float4 bytes, not as decimal text to parse."""
+    buffer = io.BytesIO()
+    buffer.write(BINARY_HEADER)
+    row_head = struct.pack(">h", frame.shape[1])
+    for fields in zip(*(_binary_fields(frame[c], types[c]) for c in frame.columns)):
+        buffer.write(row_head)
+        for field in fields:
+            buffer.write(b"\xff\xff\xff\xff" if field is None else struct.pack(">i", len(field)) + field)
+    buffer.write(struct.pack(">h", -1))
+    buffer.seek(0)
+    columns = ", ".join(quote_ident(c) for c in frame.columns)
+    connection.connection.dbapi_connection.cursor().copy_expert(
+        f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT binary)", buffer
+    )
+
+
+def table_column_types(connection: sa.Connection, table: str) -> dict[str, str]:
+    """{column: Postgres type} of an existing table, in column order."""
+    return dict(
+        connection.exec_driver_sql(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum",
+            (table,),
+        ).all()
+    )
+
+
+def _vector_dimensions(
+    connection: sa.Connection, table_slice: TableSlice, frame: pd.DataFrame, types: dict[str, str]
+) -> bool:
+    """Fixes each declared `vector` column to its vectors' length, against the table's if it
+    exists. False when some vector column's length cannot be known (no rows, no table)."""
+    existing = table_column_types(connection, qualified_name(table_slice)) if _table_exists(
+        connection, table_slice) else {}
+    known = True
+    for column, pg_type in types.items():
+        if not pg_type.startswith("vector"):
+            continue
+        lengths = {len(v) for v in frame[column] if v is not None}
+        if len(lengths) > 1:
+            raise ValueError(f"{table_slice.table}.{column}: vectors of lengths {sorted(lengths)}")
+        if lengths:
+            types[column] = f"vector({lengths.pop()})"
+        if column in existing:
+            if types[column] != "vector" and existing[column] != types[column]:
+                raise ValueError(
+                    f"{qualified_name(table_slice)}.{column} is {existing[column]}, these vectors "
+                    f"are {types[column]}: a model with another dimension needs its own table "
+                    "(rename or drop the old one first)"
+                )
+            types[column] = existing[column]
+        known = known and types[column] != "vector"
+    return known
 
 
 def _check_inside_window(frame: pd.DataFrame, dimension: TablePartitionDimension, pg_type: str):
@@ -213,8 +309,14 @@ def markdown_preview(frame: pd.DataFrame, rows: int = 10) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "(no rows)")
 
 
-def ensure_table(connection: sa.Connection, table_slice: TableSlice, types: Mapping[str, str]):
-    """Creates the table on first write, with an index on its partition column."""
+def ensure_table(
+    connection: sa.Connection,
+    table_slice: TableSlice,
+    types: Mapping[str, str],
+    indexes: Sequence[str] = (),
+):
+    """Creates the table on first write, with an index on its partition column and the
+    `indexes` given as statements with a `{table}` placeholder."""
     if _table_exists(connection, table_slice):
         return
     table = qualified_name(table_slice)
@@ -225,22 +327,36 @@ def ensure_table(connection: sa.Connection, table_slice: TableSlice, types: Mapp
             connection.exec_driver_sql(
                 f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
             )
+    for statement in indexes:
+        connection.exec_driver_sql(statement.format(table=table))
 
 
 def write_frame(
-    connection: sa.Connection, table_slice: TableSlice, frame: pd.DataFrame, declared: Mapping[str, str]
+    connection: sa.Connection,
+    table_slice: TableSlice,
+    frame: pd.DataFrame,
+    declared: Mapping[str, str],
+    indexes: Sequence[str] = (),
 ) -> int:
     """COPYs `frame` into the table (types: `declared`, else inferred from the frame); the caller
-    has deleted the slice in the same transaction."""
+    has deleted the slice in the same transaction. A declared `vector` takes its dimension from
+    the vectors; frames with vectors go in as binary COPY."""
     missing = [c for c in declared if c not in frame.columns]
     if missing:
         raise ValueError(f"{table_slice.table}: the frame lacks declared columns {missing}")
     types = {c: declared.get(c) or _inferred_type(frame[c]) for c in frame.columns}
     for dimension in table_slice.partition_dimensions or []:
         _check_inside_window(frame, dimension, types.get(dimension.partition_expr, ""))
-    ensure_table(connection, table_slice, types)
-    if len(frame):
-        copy_frame(connection, qualified_name(table_slice), frame, types)
+    if not _vector_dimensions(connection, table_slice, frame, types):
+        return 0  # no vectors and no table yet: nothing to write, no dimension to create it with
+    ensure_table(connection, table_slice, types, indexes)
+    if not len(frame):
+        return 0
+    table = qualified_name(table_slice)
+    if any(t.startswith("vector") for t in types.values()):
+        copy_frame_binary(connection, table, frame, types)
+    else:
+        copy_frame(connection, table, frame, types)
     return len(frame)
 
 
@@ -260,27 +376,38 @@ def write_relation(
     return result.rowcount
 
 
-def write_output(connection, table_slice: TableSlice, obj, declared: Mapping[str, str]) -> int:
+def write_output(
+    connection, table_slice: TableSlice, obj, declared: Mapping[str, str], indexes: Sequence[str] = ()
+) -> int:
     if isinstance(obj, PostgresRelation):
         return write_relation(connection, table_slice, obj, declared)
-    return write_frame(connection, table_slice, obj, declared)
+    return write_frame(connection, table_slice, obj, declared, indexes)
 
 
 def replace_table_slice(
-    database: PostgresResource, table_slice: TableSlice, obj, declared: Mapping[str, str]
+    database: PostgresResource,
+    table_slice: TableSlice,
+    obj,
+    declared: Mapping[str, str],
+    indexes: Sequence[str] = (),
 ) -> int:
     """What the I/O manager does for an output, for a table that is not an asset of its own."""
     client = PostgresClient(database)
     with client.connect(None, table_slice) as connection:
         client.ensure_schema_exists(None, table_slice, connection)
         client.delete_table_slice(None, table_slice, connection)
-        return write_output(connection, table_slice, obj, declared)
+        return write_output(connection, table_slice, obj, declared, indexes)
+
+
+INDEXES_METADATA = "mushroom/indexes"  # CREATE INDEX statements ({table}) for a new table
 
 
 class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
     def handle_output(self, context: dg.OutputContext, table_slice: TableSlice, obj, connection):
-        write_frame(connection, table_slice, obj, declared_column_types(context))
-        return {"dagster/row_count": len(obj), "preview": markdown_preview(obj)}
+        indexes = (context.definition_metadata or {}).get(INDEXES_METADATA, ())
+        write_frame(connection, table_slice, obj, declared_column_types(context), indexes)
+        shown = obj[[c for c in obj.columns if not declared_column_types(context).get(c, "").startswith("vector")]]
+        return {"dagster/row_count": len(obj), "preview": markdown_preview(shown)}
 
     def load_input(self, context: dg.InputContext, table_slice: TableSlice, connection):
         if not _table_exists(connection, table_slice):
@@ -288,14 +415,7 @@ class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
                 f"{qualified_name(table_slice)} does not exist: materialize "
                 f"{table_slice.table} first"
             )
-        types = dict(
-            connection.exec_driver_sql(
-                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-                "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
-                "ORDER BY attnum",
-                (qualified_name(table_slice),),
-            ).all()
-        )
+        types = table_column_types(connection, qualified_name(table_slice))
         if table_slice.columns:
             types = {c: types[c] for c in table_slice.columns}
         return read_frame(connection, PostgresClient.get_select_statement(table_slice), types)
@@ -324,6 +444,9 @@ class RelationTypeHandler(DbTypeHandler[PostgresRelation]):
         return [PostgresRelation]
 
 
+INTEGER_TYPES = ("bigint", "integer", "smallint")
+
+
 def read_frame(connection: sa.Connection, query: str, types: Mapping[str, str]) -> pd.DataFrame:
     """Runs `query` (whose columns have the Postgres `types`) through COPY into a typed frame."""
     selects = []
@@ -346,8 +469,10 @@ def read_frame(connection: sa.Connection, query: str, types: Mapping[str, str]) 
     floats = {n for n, t in types.items() if t in ("double precision", "real")}
     frame = pd.read_csv(
         buffer,
-        dtype={n: ("float64" if n in floats else str) for n, t in types.items()
-               if n in floats or t in ("text", "date", "boolean") or t.startswith("vector")},
+        dtype={n: "float64" if n in floats else "Int64" if t in INTEGER_TYPES else str
+               for n, t in types.items()
+               if n in floats or t in ("text", "date", "boolean", *INTEGER_TYPES)
+               or t.startswith("vector")},
         keep_default_na=False,
         # Postgres writes NaN as 'NaN'; with NULL as \N the two stay apart everywhere else.
         na_values={n: [NULL, "NaN"] if n in floats else [NULL] for n in types},
@@ -361,8 +486,6 @@ def read_frame(connection: sa.Connection, query: str, types: Mapping[str, str]) 
             frame[name] = pd.to_datetime(column).dt.date
         elif pg_type == "boolean":
             frame[name] = column.map({"t": True, "f": False})
-        elif pg_type in ("bigint", "integer", "smallint"):
-            frame[name] = column.astype("Int64")
         elif pg_type.startswith("vector"):
             frame[name] = column.map(
                 lambda v: np.array(v[1:-1].split(","), dtype=np.float32), na_action="ignore"

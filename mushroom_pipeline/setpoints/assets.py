@@ -20,7 +20,11 @@ from mushroom_pipeline.io.postgres import (
 from mushroom_pipeline.io.source import quarantined_source
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.setpoints.changes import EVENT_TYPES, detect_changes, point_treatments
+from mushroom_pipeline.setpoints.changes import (
+    EVENT_TYPES,
+    detect_changes,
+    point_treatments,
+)
 from mushroom_pipeline.setpoints.config import load_point_config
 from mushroom_pipeline.setpoints.snapshots import (
     KEY,

@@ -7,7 +7,11 @@ import dagster as dg
 import pandas as pd
 
 from mushroom_pipeline.io.postgres import column_schema, column_types
-from mushroom_pipeline.objectstore import ObjectStoreResource, parse_image_key
+from mushroom_pipeline.objectstore import (
+    ImageObject,
+    ObjectStoreResource,
+    parse_image_key,
+)
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 
 MANIFEST_SCHEMA = column_schema(
@@ -25,6 +29,20 @@ def window_days(window: dg.TimeWindow) -> list[dt.date]:
     return [first + dt.timedelta(days=n) for n in range((last - first).days)]
 
 
+def list_images(store, days: list[dt.date]) -> tuple[list[ImageObject], list[str]]:
+    """The images under `<room>/<YYYYMMDD>/` for each room and day, and the keys ignored there."""
+    images, ignored = [], []
+    for room in store.rooms():
+        for day in days:
+            for info in store.objects(f"{room}/{day:%Y%m%d}/"):
+                image = parse_image_key(info, SETTINGS.tz)
+                if image is None or image.day != day:
+                    ignored.append(info.key)
+                else:
+                    images.append(image)
+    return images, ignored
+
+
 @dg.asset(
     description="The day's camera images in the object store (key, etag, size, room, capture "
     "time). Keys outside `<room>/<YYYYMMDD>/<file>.<jpg|jpeg|png>` are ignored and counted.",
@@ -35,23 +53,17 @@ def window_days(window: dg.TimeWindow) -> list[dt.date]:
     kinds={"s3", "postgres"},
 )
 def image_manifest(context: dg.AssetExecutionContext, object_store: ObjectStoreResource):
-    store = object_store.store()
-    days = window_days(context.partition_time_window)
-    rows, ignored = [], []
-    rooms = store.rooms()
-    for room in rooms:
-        for day in days:
-            for info in store.objects(f"{room}/{day:%Y%m%d}/"):
-                image = parse_image_key(info, SETTINGS.tz)
-                if image is None or image.day != day:
-                    ignored.append(info.key)
-                else:
-                    rows.append(dataclasses.asdict(image))
-    manifest = pd.DataFrame(rows, columns=["day", "room", "key", "etag", "size", "captured_at"])
+    images, ignored = list_images(object_store.store(), window_days(context.partition_time_window))
+    manifest = pd.DataFrame(
+        [dataclasses.asdict(image) for image in images],
+        columns=["day", "room", "key", "etag", "size", "captured_at"],
+    )
     manifest = manifest.rename(columns={"key": "object_key"})
     manifest["captured_at"] = pd.to_datetime(manifest["captured_at"], utc=True)
     manifest["size"] = manifest["size"].astype("int64")
-    context.log.info(f"{len(manifest)} images in {len(rooms)} room folders, {len(ignored)} keys ignored")
+    context.log.info(
+        f"{len(manifest)} images in {manifest['room'].nunique()} rooms, {len(ignored)} keys ignored"
+    )
     return dg.Output(
         manifest[list(column_types(MANIFEST_SCHEMA))],
         metadata={

@@ -1,0 +1,139 @@
+"""The open_clip encoder: image and text towers of one CLIP model, loaded once per process."""
+
+import functools
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+RANDOM = "random"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The configured CLIP model or weights cannot be loaded; the message names the variable."""
+
+
+@dataclass
+class ClipEncoder:
+    model: object  # open_clip.CLIP
+    preprocess: object  # torchvision transform: PIL image → normalized tensor
+    tokenizer: object
+    device: str
+    model_id: str  # what mushroom.image_embeddings.model holds: architecture/weights
+    dim: int
+    random_weights: bool
+    image_size: int
+
+    def encode_images(self, batch) -> np.ndarray:
+        """A stacked batch of preprocessed images → L2-normalized float32 vectors."""
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.encode_image(batch.to(self.device), normalize=True)
+        return features.float().cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tokens = self.tokenizer(texts).to(self.device)
+            features = self.model.encode_text(tokens, normalize=True)
+        return features.float().cpu().numpy()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def model_identity(architecture: str, pretrained: str) -> tuple[str, str]:
+    """(architecture name, weights id) as stored in the `model` column, without loading weights:
+    a checkpoint file is known by its name and content hash, so a new file is a new model."""
+    if architecture.endswith(".json"):
+        architecture = Path(architecture).stem
+    if pretrained != RANDOM and Path(pretrained).is_file():
+        return architecture, f"file:{Path(pretrained).name}@{_file_digest(Path(pretrained))}"
+    return architecture, pretrained
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(architecture: str, pretrained: str, device: str) -> ClipEncoder:
+    """Loads the model once per process (sensor runs and in-process demo days share it)."""
+    import open_clip
+    import torch
+
+    config_file = Path(architecture)
+    if architecture.endswith(".json"):
+        # A model config file of one's own (as open_clip's model_configs/*.json): its stem names it.
+        if not config_file.is_file():
+            raise ModelUnavailableError(f"MUSHROOM_CLIP_MODEL={architecture!r}: no such config file")
+        open_clip.add_model_config(config_file)
+        architecture = config_file.stem
+    if open_clip.get_model_config(architecture) is None:
+        raise ModelUnavailableError(
+            f"MUSHROOM_CLIP_MODEL={architecture!r} is not an open_clip architecture "
+            f"(e.g. ViT-B-32; known: {len(open_clip.list_models())}) nor a model config .json file"
+        )
+    random_weights = pretrained == RANDOM
+    _, weights_id = model_identity(architecture, pretrained)
+    weights = None if random_weights else pretrained
+    if random_weights:
+        torch.manual_seed(0)  # the same untrained weights in every process: stable demo vectors
+    try:
+        with _LOAD_LOCK:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                architecture, pretrained=weights, device=device
+            )
+    except Exception as err:  # unknown tag, no network for the download, corrupt checkpoint
+        raise ModelUnavailableError(
+            f"Cannot load CLIP weights {pretrained!r} for {architecture}: {type(err).__name__}: "
+            f"{err}. Set MUSHROOM_CLIP_PRETRAINED to a checkpoint file, or to 'random' for "
+            "untrained weights (flagged in the metadata)."
+        ) from None
+    model.eval()
+    return ClipEncoder(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip.get_tokenizer(architecture),
+        device=device,
+        model_id=f"{architecture}/{weights_id}",
+        dim=int(open_clip.get_model_config(architecture)["embed_dim"]),
+        random_weights=random_weights,
+        image_size=int(model.visual.image_size[0]),
+    )
+
+
+class ClipEncoderResource(dg.ConfigurableResource):
+    """MUSHROOM_CLIP_MODEL / MUSHROOM_CLIP_PRETRAINED, with the device picked automatically."""
+
+    architecture: str = Field(default="ViT-B-32", description="open_clip architecture, or a model config .json")
+    pretrained: str = Field(
+        default="laion2b_s34b_b79k",
+        description="open_clip pretrained tag, a checkpoint file, or 'random' (untrained, flagged)",
+    )
+    device: str = Field(default="auto", description="auto: cuda when present, else cpu")
+    batch_size: int = Field(default=32, gt=0)
+    decode_threads: int = Field(default=4, gt=0, description="threads fetching and decoding images")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def model_id(self) -> str:
+        return "/".join(model_identity(self.architecture, self.pretrained))
+
+    def encoder(self) -> ClipEncoder:
+        return load_encoder(self.architecture, self.pretrained, self.resolved_device())
