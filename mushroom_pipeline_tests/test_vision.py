@@ -261,6 +261,15 @@ def test_search_finds_an_image_first_for_its_own_vector(warehouse, tmp_path, tin
     assert only_room.empty
 
 
+def test_trimmed_text_encoding_equals_open_clips_encode_text(tiny_clip):
+    config, (checkpoint, _) = tiny_clip
+    encoder = ClipEncoderResource(architecture=str(config), pretrained=str(checkpoint), device="cpu").encoder()
+    texts = ["Mushroom growing room 601 at 2025-12-24 12:00: humidity 91.0 %.", "white caps!", ""]  # '!' is token 0, as padding is
+    with torch.no_grad():
+        expected = encoder.model.encode_text(encoder.tokenizer(texts), normalize=True).numpy()
+    np.testing.assert_allclose(encoder.encode_texts(texts), expected, atol=1e-5)
+
+
 def test_random_weights_are_flagged(warehouse, tmp_path, tiny_clip):
     config, _ = tiny_clip
     res = resources(tmp_path, config, "random")

@@ -41,8 +41,32 @@ class ClipEncoder:
 
         with torch.inference_mode():
             tokens = self.tokenizer(texts).to(self.device)
-            features = self.model.encode_text(tokens, normalize=True)
+            features = _encode_text_trimmed(self.model, tokens)
         return features.float().cpu().numpy()
+
+
+def _encode_text_trimmed(model, tokens):
+    """CLIP.encode_text over the batch's used positions only, not all 77.
+
+    The text tower's attention is causal and its output is read at the end-of-text token, so the
+    padding after the longest text never affects the result; dropping it makes the short context
+    sentences about 2-3× cheaper. Other text towers (CustomTextCLIP) run as open_clip has them.
+    """
+    import torch.nn.functional as F
+
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+    if not all(hasattr(model, name) for name in needed) or model.text_pool_type != "argmax":
+        return model.encode_text(tokens, normalize=True)
+    end = tokens.argmax(dim=-1)  # the end-of-text token has the highest id: as open_clip pools
+    used = int(end.max()) + 1
+    tokens = tokens[:, :used]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:used].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:used, :used]))
+    x = x[range(x.shape[0]), end]
+    if model.text_projection is not None:
+        x = model.text_projection(x) if callable(model.text_projection) else x @ model.text_projection
+    return F.normalize(x, dim=-1)
 
 
 def _file_digest(path: Path) -> str:
