@@ -4,6 +4,11 @@ import os
 
 import dagster as dg
 
+from mushroom_pipeline.automation.alerts import (
+    AlertWebhookResource,
+    failed_check_alert,
+    run_failure_alert,
+)
 from mushroom_pipeline.automation.jobs import (
     environment_job,
     farm_daily_job,
@@ -97,7 +102,12 @@ def model_resources() -> dict[str, object]:
 
 
 def all_resources() -> dict[str, object]:
-    return {**database_resources(), "object_store": object_store_resource(), **model_resources()}
+    return {
+        **database_resources(),
+        "object_store": object_store_resource(),
+        **model_resources(),
+        "alert_webhook": AlertWebhookResource(url=_env_var("MUSHROOM_ALERT_WEBHOOK_URL")),
+    }
 
 
 defs = dg.Definitions(
@@ -112,6 +122,6 @@ defs = dg.Definitions(
     ],
     jobs=[environment_job, setpoints_job, vision_job, farm_daily_job],
     schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference],
-    sensors=[late_env_readings_sensor, new_images_sensor],
+    sensors=[late_env_readings_sensor, new_images_sensor, run_failure_alert, failed_check_alert],
     resources=all_resources(),
 )

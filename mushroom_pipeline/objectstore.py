@@ -16,13 +16,15 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from pydantic import Field
 
+from mushroom_pipeline.retries import UnavailableError
+
 IMAGE_KEY = re.compile(
     r"^(?P<room>[^/]+)/(?P<day>\d{8})/(?P<file>[^/]+?)\.(?P<ext>jpe?g|png)$", re.IGNORECASE
 )
 CAPTURE_TIME = re.compile(r"_(\d{14})$")
 
 
-class ObjectStoreUnavailableError(RuntimeError):
+class ObjectStoreUnavailableError(UnavailableError):
     """The object store cannot be reached or read; the message names the variable to fix."""
 
 

@@ -10,9 +10,10 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from mushroom_pipeline import embedded
+from mushroom_pipeline.retries import UnavailableError
 
 
-class DatabaseUnavailableError(RuntimeError):
+class DatabaseUnavailableError(UnavailableError):
     """The database cannot be reached; the message names the variable that configures it."""
 
 

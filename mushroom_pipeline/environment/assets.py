@@ -28,6 +28,7 @@ from mushroom_pipeline.io.postgres import (
 from mushroom_pipeline.io.source import quarantined_source, time_slice
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 
 READINGS_SCHEMA = column_schema(
     ("room", "text"),
@@ -73,10 +74,12 @@ QUARANTINE_TABLE = "env_readings_quarantine"
     f"measured_at): duplicates folded into their mean. Invalid source rows go to "
     f"mushroom.{QUARANTINE_TABLE} with their reason.",
     partitions_def=daily_partitions,
+    retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "measured_at", "dagster/column_schema": READINGS_SCHEMA},
     check_specs=[invalid_share_spec],
     group_name="environment",
+    pool=POSTGRES_HEAVY_POOL,
     kinds={"postgres"},
 )
 def env_readings(
@@ -140,6 +143,7 @@ QUARANTINED_GROUPS_SQL = "SELECT DISTINCT measured_at::date AS day, room, metric
     description="Daily statistics per room and metric of the valid readings (contract columns "
     "plus cadence, coverage, invalid and duplicate counts), computed inside Postgres.",
     partitions_def=daily_partitions,
+    retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": STATS_SCHEMA},
     check_specs=[coverage_spec, complete_spec],

@@ -413,7 +413,8 @@ class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
         if not _table_exists(connection, table_slice):
             raise dg.Failure(
                 f"{qualified_name(table_slice)} does not exist: materialize "
-                f"{table_slice.table} first"
+                f"{table_slice.table} first",
+                allow_retries=False,
             )
         types = table_column_types(connection, qualified_name(table_slice))
         if table_slice.columns:

@@ -19,6 +19,7 @@ from mushroom_pipeline.io.postgres import (
     source_table,
 )
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.retries import UnavailableError
 
 
 def window_predicate(column: str, window: dg.TimeWindow) -> str:
@@ -74,7 +75,7 @@ def quarantined_source(
     in_window = window_predicate(time_column, window)
     with source.begin() as conn:
         if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
-            raise dg.Failure(
+            raise UnavailableError(
                 f"The source database has no table {table} (configured by "
                 f"{source.url_variable}); see ../shared/CONTRACTS.md for its columns."
             )

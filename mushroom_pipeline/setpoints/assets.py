@@ -20,6 +20,7 @@ from mushroom_pipeline.io.postgres import (
 from mushroom_pipeline.io.source import quarantined_source
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 from mushroom_pipeline.setpoints.changes import (
     EVENT_TYPES,
     detect_changes,
@@ -75,9 +76,11 @@ QUARANTINE_TABLE = "setpoint_snapshots_quarantine"
     "point's last snapshot before the day, its baseline. Invalid rows go to "
     f"mushroom.{QUARANTINE_TABLE} with their reason.",
     partitions_def=daily_partitions,
+    retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": SNAPSHOTS_SCHEMA},
     group_name="setpoints",
+    pool=POSTGRES_HEAVY_POOL,
     kinds={"postgres"},
 )
 def setpoint_snapshots(
@@ -108,6 +111,7 @@ def setpoint_snapshots(
     description="One row per change of a tracked device point (../shared/CONTRACTS.md): exactly "
     "once across midnight and run boundaries; switches as switched_on / switched_off.",
     partitions_def=daily_partitions,
+    retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": EVENTS_SCHEMA},
     check_specs=[no_duplicates_spec, chain_spec, unconfigured_spec],
@@ -190,6 +194,7 @@ ORDER BY 1, 2, 3, 4
     description="Per day, room, device and switch point: switch-ons, switch-offs, minutes ON and "
     "OFF (the figures of ioBroker / Home Assistant statistics).",
     partitions_def=daily_partitions,
+    retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": SWITCH_STATS_SCHEMA},
     group_name="setpoints",

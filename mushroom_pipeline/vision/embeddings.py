@@ -33,6 +33,7 @@ from mushroom_pipeline.io.source import time_slice
 from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStoreResource
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.retries import CLIP_POOL, TRANSIENT_RETRY, UnavailableError
 from mushroom_pipeline.vision.context import environment_context
 from mushroom_pipeline.vision.decode import ImageRejected, decode_image
 from mushroom_pipeline.vision.describer import Describer, DescriberResource
@@ -98,7 +99,7 @@ def _existing_rows(warehouse: PostgresResource, window: dg.TimeWindow, dim: int)
         if not types:
             return pd.DataFrame(columns=list(column_types(EMBEDDINGS_SCHEMA)))
         if types.get("embedding") != f"vector({dim})":
-            raise dg.Failure(
+            raise UnavailableError(
                 f"{table}.embedding is {types.get('embedding')}, the configured model gives "
                 f"vector({dim}). One table holds one dimension: rename or drop the old table to "
                 "embed with this model, or set MUSHROOM_CLIP_MODEL back."
@@ -190,6 +191,7 @@ def _by_day(frame: pd.DataFrame) -> dict[str, int]:
     "image's environment context, optional description and fused vector. Unchanged images are "
     f"not embedded again. Unreadable images go to mushroom.{FAILURES_TABLE} with their reason.",
     partitions_def=daily_partitions,
+    retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     ins={"image_manifest": dg.AssetIn()},
     deps=[env_readings],
@@ -201,7 +203,7 @@ def _by_day(frame: pd.DataFrame) -> dict[str, int]:
     check_specs=[failure_rate_spec],
     group_name="vision",
     kinds={"pytorch", "postgres"},
-    pool="clip",
+    pool=CLIP_POOL,
 )
 def image_embeddings(
     context: dg.AssetExecutionContext,

@@ -10,10 +10,12 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from mushroom_pipeline.retries import UnavailableError
+
 RANDOM = "random"
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(UnavailableError):
     """The configured CLIP model or weights cannot be loaded; the message names the variable."""
 
 

@@ -13,6 +13,7 @@ from mushroom_pipeline.objectstore import (
     parse_image_key,
 )
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.retries import TRANSIENT_RETRY
 
 MANIFEST_SCHEMA = column_schema(
     ("day", "date", "the capture day: the key's folder date"),
@@ -47,6 +48,7 @@ def list_images(store, days: list[dt.date]) -> tuple[list[ImageObject], list[str
     description="The day's camera images in the object store (key, etag, size, room, capture "
     "time). Keys outside `<room>/<YYYYMMDD>/<file>.<jpg|jpeg|png>` are ignored and counted.",
     partitions_def=daily_partitions,
+    retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": MANIFEST_SCHEMA},
     group_name="vision",
