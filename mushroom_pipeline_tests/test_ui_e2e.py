@@ -1,0 +1,169 @@
+"""The Dagster UI's own API end to end: dagster-webserver and dagster-daemon as separate
+processes on the embedded Postgres (dagster-postgres storage), a backfill by date range launched
+through GraphQL and run by the daemon, partition statuses, lineage, schedule and sensor ticks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import TEST_HOME
+from .helpers import free_port, insert_readings, query
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DAYS = ["2026-01-10", "2026-01-11", "2026-01-12"]
+LOCATION = "mushroom_e2e"
+
+
+def graphql(url: str, document: str, **variables) -> dict:
+    request = urllib.request.Request(
+        f"{url}/graphql", data=json.dumps({"query": document, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    assert "errors" not in answer, answer["errors"]
+    return answer["data"]
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 2.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(tmp_path_factory):
+    """Webserver + daemon, as `make ui` runs them but as two processes, sharing Postgres storage."""
+    dagster_home = tmp_path_factory.mktemp("dagster-home")
+    shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    workspace = dagster_home / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: mushroom_pipeline_tests.e2e_location\n"
+        f"      location_name: {LOCATION}\n      working_directory: {REPO}\n"
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "MUSHROOM_HOME": str(TEST_HOME)}
+    port = free_port()
+    logs = {name: open(dagster_home / f"{name}.log", "w") for name in ("webserver", "daemon")}
+    processes = [
+        subprocess.Popen([BIN / "dagster-webserver", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)],
+                         env=env, cwd=REPO, stdout=logs["webserver"], stderr=subprocess.STDOUT),
+        subprocess.Popen([BIN / "dagster-daemon", "run", "-w", workspace],
+                         env=env, cwd=REPO, stdout=logs["daemon"], stderr=subprocess.STDOUT),
+    ]
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=2):
+                return True
+        except OSError:
+            assert all(p.poll() is None for p in processes), (dagster_home / "webserver.log").read_text()[-3000:]
+            return False
+
+    try:
+        wait_for(up, 120, "the webserver")
+        yield url, dagster_home
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs.values():
+            log.close()
+
+
+def test_a_backfill_by_date_range_runs_through_the_daemon(warehouse, dagster_ui):
+    url, home = dagster_ui
+    insert_readings(warehouse, [
+        (room, metric, value + hour / 10, f"{day} {hour:02d}:00:00+00")
+        for day in DAYS for room in ("601", "612")
+        for metric, value in (("temperature_c", 16.0), ("humidity_pct", 90.0))
+        for hour in range(24)
+    ])
+    launched = graphql(url, """
+        mutation($params: LaunchBackfillParams!) {
+          launchPartitionBackfill(backfillParams: $params) {
+            __typename
+            ... on LaunchBackfillSuccess { backfillId }
+            ... on PythonError { message }
+            ... on InvalidSubsetError { message }
+          }
+        }""", params={
+            "partitionsByAssets": [
+                {"assetKey": {"path": [key]}, "partitions": {"range": {"start": DAYS[0], "end": DAYS[-1]}}}
+                for key in ("env_readings", "env_daily_stats")
+            ],
+            "title": "e2e backfill",
+        })["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    def finished():
+        status = graphql(url, """
+            query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+              ... on PartitionBackfill { status } } }""", id=backfill_id)["partitionBackfillOrError"]["status"]
+        return status if status not in ("REQUESTED", "CANCELING", "FAILING") else None
+
+    status = wait_for(finished, 300, "the daemon to finish the backfill")
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), (home / "daemon.log").read_text()[-4000:]
+
+    stats = query(warehouse, "SELECT day::text AS day, count(*) AS n FROM mushroom.env_daily_stats GROUP BY 1 ORDER BY 1")
+    assert stats.values.tolist() == [[day, 4] for day in DAYS]  # 2 rooms × 2 metrics a day
+
+    nodes = graphql(url, """
+        { assetNodes { assetKey { path } dependencyKeys { path } dependedByKeys { path }
+            assetPartitionStatuses { ... on TimePartitionStatuses { ranges { status startKey endKey } } } } }
+        """)["assetNodes"]
+    by_key = {n["assetKey"]["path"][0]: n for n in nodes}
+    materialized = [r for r in by_key["env_daily_stats"]["assetPartitionStatuses"]["ranges"]
+                    if r["status"] == "MATERIALIZED"]
+    assert [(r["startKey"], r["endKey"]) for r in materialized] == [(DAYS[0], DAYS[-1])]
+
+    def lineage(key, direction):
+        return sorted(k["path"][0] for k in by_key[key][direction])
+
+    assert lineage("env_daily_stats", "dependencyKeys") == ["env_readings"]
+    assert lineage("env_readings", "dependedByKeys") == ["env_daily_stats", "image_embeddings"]
+    assert lineage("image_embeddings", "dependencyKeys") == ["env_readings", "image_manifest"]
+    assert lineage("setpoint_change_events", "dependencyKeys") == ["setpoint_snapshots"]
+    assert {"env_readings", "env_daily_stats", "setpoint_snapshots", "setpoint_change_events",
+            "image_manifest", "image_embeddings"} <= set(by_key)
+
+
+def _ticks(url: str, kind: str, name: str) -> list[dict]:
+    field, selector_type = ("scheduleOrError", "ScheduleSelector") if kind == "schedule" else ("sensorOrError", "SensorSelector")
+    name_field = "scheduleName" if kind == "schedule" else "sensorName"
+    state = "scheduleState" if kind == "schedule" else "sensorState"
+    answer = graphql(url, f"""
+        query($selector: {selector_type}!) {{ {field}({kind}Selector: $selector) {{
+          ... on {kind.capitalize()} {{ {state} {{ status ticks(limit: 10) {{ status runIds skipReason }} }} }}
+          ... on PythonError {{ message }} }} }}""",
+        selector={"repositoryLocationName": LOCATION, "repositoryName": "__repository__", name_field: name})
+    return answer[field][state]["ticks"]
+
+
+def test_the_daemon_ticks_schedules_and_sensors(dagster_ui):
+    url, home = dagster_ui
+    # The sensors run by default: the daemon evaluates each as soon as it starts.
+    for sensor in ("late_env_readings_sensor", "new_images_sensor", "failed_check_alert"):
+        ticks = wait_for(lambda s=sensor: _ticks(url, "sensor", s), 120, f"a tick of {sensor}")
+        assert ticks[0]["status"] in ("SKIPPED", "SUCCESS"), (sensor, ticks)
+    # A schedule ticks on its cron minute: the every-minute twin of daily_env_stats.
+    ticks = wait_for(lambda: [t for t in _ticks(url, "schedule", "daily_env_stats_every_minute")
+                              if t["status"] == "SUCCESS"], 150, "a schedule tick")
+    assert len(ticks[0]["runIds"]) == 1
