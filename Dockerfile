@@ -4,6 +4,8 @@
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# EXTRAS=k8s adds dagster-k8s for the Helm deployment (deploy/helm/values.yaml)
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 \
     DAGSTER_HOME=/opt/dagster/home \
     MUSHROOM_HOME=/opt/dagster/mushroom
@@ -13,9 +15,10 @@ WORKDIR /opt/dagster/app
 RUN pip install --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY mushroom_pipeline ./mushroom_pipeline
-RUN pip install . && mkdir -p "$DAGSTER_HOME" "$MUSHROOM_HOME"
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" && mkdir -p "$DAGSTER_HOME" "$MUSHROOM_HOME"
 COPY dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 COPY workspace.yaml ./
+COPY deploy ./deploy
 
 # Point MUSHROOM_DATABASE_URL at the deployment's Postgres (with pgvector); the embedded
 # server is for single-machine use only.

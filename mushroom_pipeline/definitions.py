@@ -110,6 +110,18 @@ def all_resources() -> dict[str, object]:
     }
 
 
+def executor():
+    """MUSHROOM_EXECUTOR=k8s (the Helm deployment): a pod per step; otherwise Dagster's default."""
+    choice = os.environ.get("MUSHROOM_EXECUTOR", "").strip()
+    if choice == "k8s":
+        from dagster_k8s import k8s_job_executor  # the image's `k8s` extra
+
+        return k8s_job_executor
+    if choice:
+        raise ConfigurationError(f"MUSHROOM_EXECUTOR={choice!r}: use k8s, or leave it unset")
+    return None
+
+
 defs = dg.Definitions(
     assets=[
         env_readings,
@@ -124,4 +136,5 @@ defs = dg.Definitions(
     schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference],
     sensors=[late_env_readings_sensor, new_images_sensor, run_failure_alert, failed_check_alert],
     resources=all_resources(),
+    executor=executor(),
 )

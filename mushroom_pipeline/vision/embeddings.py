@@ -204,6 +204,13 @@ def _by_day(frame: pd.DataFrame) -> dict[str, int]:
     group_name="vision",
     kinds={"pytorch", "postgres"},
     pool=CLIP_POOL,
+    # On Kubernetes with the k8s_job_executor: this step's pod goes to a GPU node.
+    op_tags={"dagster-k8s/config": {
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+        "pod_spec_config": {"node_selector": {"mushroom.farm/accelerator": "nvidia-gpu"},
+                            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                             "effect": "NoSchedule"}]},
+    }},
 )
 def image_embeddings(
     context: dg.AssetExecutionContext,
