@@ -61,3 +61,19 @@ def test_the_late_data_sensor_requests_the_changed_day_and_nothing_else(warehous
     first = tick()
     assert [r.partition_key for r in first.run_requests] == [days[1].isoformat()]
     assert not tick(first.cursor).run_requests  # already requested: not again
+
+
+def test_the_clip_schedule_requests_yesterdays_images_at_0302():
+    from mushroom_pipeline.automation.schedules import daily_clip_inference
+
+    assert daily_clip_inference.cron_schedule == "2 3 * * *"
+    assert daily_clip_inference.job_name == "vision_job"
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2026, 1, 14, 3, 2, tzinfo=dt.timezone.utc),
+        repository_def=defs.get_repository_def(),
+    )
+    requests = list(daily_clip_inference.evaluate_tick(context).run_requests)
+    assert [r.partition_key for r in requests] == ["2026-01-13"]
+    assert {"image_manifest", "image_embeddings"} == {
+        k.to_user_string() for k in defs.resolve_job_def("vision_job").asset_layer.executable_asset_keys
+    }
