@@ -15,6 +15,13 @@ def previous_day_partition(scheduled_at: dt.datetime) -> str | None:
     return key if key >= daily_partitions.get_first_partition_key() else None
 
 
+def yesterday_request(schedule: str, context: dg.ScheduleEvaluationContext):
+    key = previous_day_partition(context.scheduled_execution_time)
+    if key is None:
+        return dg.SkipReason("yesterday precedes MUSHROOM_START_DATE")
+    return dg.RunRequest(run_key=f"{schedule}:{key}", partition_key=key)
+
+
 @dg.schedule(
     name="daily_env_stats",
     cron_schedule="3 1 * * *",
@@ -23,10 +30,7 @@ def previous_day_partition(scheduled_at: dt.datetime) -> str | None:
     description="01:03 farm time: yesterday's readings and daily stats.",
 )
 def daily_env_stats(context: dg.ScheduleEvaluationContext):
-    key = previous_day_partition(context.scheduled_execution_time)
-    if key is None:
-        return dg.SkipReason("yesterday precedes MUSHROOM_START_DATE")
-    return dg.RunRequest(run_key=f"daily_env_stats:{key}", partition_key=key)
+    return yesterday_request("daily_env_stats", context)
 
 
 def hourly_setpoint_partition(scheduled_at: dt.datetime) -> str:
@@ -61,7 +65,4 @@ def hourly_setpoint_monitoring(context: dg.ScheduleEvaluationContext):
     "by the new-images sensor are skipped).",
 )
 def daily_clip_inference(context: dg.ScheduleEvaluationContext):
-    key = previous_day_partition(context.scheduled_execution_time)
-    if key is None:
-        return dg.SkipReason("yesterday precedes MUSHROOM_START_DATE")
-    return dg.RunRequest(run_key=f"daily_clip_inference:{key}", partition_key=key)
+    return yesterday_request("daily_clip_inference", context)

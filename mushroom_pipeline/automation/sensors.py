@@ -17,6 +17,18 @@ LOOKBACK_DAYS = 14  # late data older than this needs a manual backfill
 MAX_RUNS_PER_TICK = 5  # the rest waits for the next tick, so one tick stays cheap
 
 
+def not_yet_requested(context: dg.SensorEvaluationContext, wanted: dict[str, object]) -> dict:
+    """The days of `wanted` ({partition key: version}) not yet requested at that version, at most
+    MAX_RUNS_PER_TICK. The cursor remembers what was requested, so a day whose run is still
+    queued is not asked again; days no longer wanted are forgotten."""
+    requested = json.loads(context.cursor) if context.cursor else {}
+    fresh = {day: version for day, version in wanted.items() if requested.get(day) != version}
+    batch = dict(list(fresh.items())[:MAX_RUNS_PER_TICK])
+    kept = {day: version for day, version in requested.items() if day in wanted}
+    context.update_cursor(json.dumps({**kept, **batch}))
+    return batch
+
+
 def _rows_per_day(
     database: PostgresResource, table: str, count: str, start: dt.datetime
 ) -> dict[str, int]:
@@ -74,11 +86,7 @@ def late_env_readings_sensor(
     stale = stale_partitions(
         source_database, warehouse, set(materialized), dt.datetime.now(dt.UTC)
     )
-    # The cursor remembers what was requested, so a day waiting for its run is not asked again.
-    requested: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
-    new = {day: n for day, n in stale.items() if requested.get(day) != n}
-    batch = dict(list(new.items())[:MAX_RUNS_PER_TICK])
-    context.update_cursor(json.dumps({**{d: n for d, n in requested.items() if d in stale}, **batch}))
+    batch = not_yet_requested(context, stale)
     if not batch:
         return dg.SkipReason(f"{len(stale)} day(s) with late data, none new")
     return [
@@ -140,11 +148,7 @@ def new_images_sensor(
     batches = {
         day: hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16] for day, keys in new.items()
     }
-    # The cursor remembers the batch requested per day: a run still queued is not asked again.
-    requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    fresh = {day: digest for day, digest in batches.items() if requested.get(day) != digest}
-    batch = dict(list(fresh.items())[:MAX_RUNS_PER_TICK])
-    context.update_cursor(json.dumps({**{d: h for d, h in requested.items() if d in batches}, **batch}))
+    batch = not_yet_requested(context, batches)
     if not batch:
         return dg.SkipReason(f"{len(batches)} day(s) with new images, none not yet requested")
     return [
