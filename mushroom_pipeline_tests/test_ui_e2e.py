@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -58,10 +59,13 @@ def dagster_ui(tmp_path_factory):
     port = free_port()
     logs = {name: open(dagster_home / f"{name}.log", "w") for name in ("webserver", "daemon")}
     processes = [
+        # Own process groups: stopping them also stops their code servers and run workers.
         subprocess.Popen([BIN / "dagster-webserver", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)],
-                         env=env, cwd=REPO, stdout=logs["webserver"], stderr=subprocess.STDOUT),
+                         env=env, cwd=REPO, stdout=logs["webserver"], stderr=subprocess.STDOUT,
+                         start_new_session=True),
         subprocess.Popen([BIN / "dagster-daemon", "run", "-w", workspace],
-                         env=env, cwd=REPO, stdout=logs["daemon"], stderr=subprocess.STDOUT),
+                         env=env, cwd=REPO, stdout=logs["daemon"], stderr=subprocess.STDOUT,
+                         start_new_session=True),
     ]
     url = f"http://127.0.0.1:{port}"
 
@@ -78,12 +82,12 @@ def dagster_ui(tmp_path_factory):
         yield url, dagster_home
     finally:
         for process in processes:
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)
         for process in processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
         for log in logs.values():
             log.close()
 
