@@ -404,9 +404,10 @@ INDEXES_METADATA = "mushroom/indexes"  # CREATE INDEX statements ({table}) for a
 
 class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
     def handle_output(self, context: dg.OutputContext, table_slice: TableSlice, obj, connection):
+        declared = declared_column_types(context)
         indexes = (context.definition_metadata or {}).get(INDEXES_METADATA, ())
-        write_frame(connection, table_slice, obj, declared_column_types(context), indexes)
-        shown = obj[[c for c in obj.columns if not declared_column_types(context).get(c, "").startswith("vector")]]
+        write_frame(connection, table_slice, obj, declared, indexes)
+        shown = obj[[c for c in obj.columns if not declared.get(c, "").startswith("vector")]]
         return {"dagster/row_count": len(obj), "preview": markdown_preview(shown)}
 
     def load_input(self, context: dg.InputContext, table_slice: TableSlice, connection):
