@@ -44,13 +44,18 @@ def _engine(url: str | None, home: str, variable: str, timezone: str, timeout_s:
     engine = sa.create_engine(
         parsed,
         pool_pre_ping=True,
-        connect_args={
-            "connect_timeout": timeout_s,
-            "application_name": "mushroom_pipeline",
-            # work_mem: a day's sorts and hashes (percentiles, folding) stay in memory
-            "options": f"-c timezone={timezone} -c work_mem=64MB",
-        },
+        connect_args={"connect_timeout": timeout_s, "application_name": "mushroom_pipeline"},
     )
+
+    @sa.event.listens_for(engine, "begin")
+    def farm_transaction(connection: sa.Connection) -> None:
+        # Set per transaction, not per session (no `options` startup parameter): a pooler in
+        # transaction mode (PgBouncer) keeps it, and the server's own timezone plays no part.
+        # work_mem: a day's sorts and hashes (percentiles, folding) stay in memory.
+        connection.exec_driver_sql(
+            "SELECT set_config('TimeZone', %s, true), set_config('work_mem', '64MB', true)",
+            (timezone,),
+        )
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
@@ -67,7 +72,7 @@ def _engine(url: str | None, home: str, variable: str, timezone: str, timeout_s:
 class PostgresResource(dg.ConfigurableResource):
     """A Postgres database. With no `url`, the embedded server under `home` (database `mushroom`).
 
-    Every session runs in the farm's timezone, so `timestamptz::date` is the farm's local day.
+    Every transaction runs in the farm's timezone, so `timestamptz::date` is the farm's local day.
     """
 
     url: str | None = Field(default=None, description="SQLAlchemy URL; unset → embedded server")

@@ -3,6 +3,7 @@
 import datetime as dt
 import hashlib
 import json
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -30,43 +31,103 @@ def not_yet_requested(context: dg.SensorEvaluationContext, wanted: dict[str, obj
 
 
 def _rows_per_day(
-    database: PostgresResource, table: str, count: str, start: dt.datetime
+    database: PostgresResource, table: str, time_column: str, count: str, start: dt.datetime
 ) -> dict[str, int]:
     """{local day: `count`} of `table` from `start` on; empty when the table does not exist."""
     with database.begin() as conn:
         if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
             return {}
         rows = conn.exec_driver_sql(
-            f"SELECT measured_at::date, {count} FROM {table} WHERE measured_at >= %s GROUP BY 1",
+            f"SELECT {time_column}::date, {count} FROM {table} WHERE {time_column} >= %s GROUP BY 1",
             (start,),
         ).all()
     return {day.isoformat(): int(n) for day, n in rows}
 
 
+@dataclass(frozen=True)
+class SourceLedger:
+    """How a source table's rows are accounted for in the warehouse: every source row of a
+    materialized day is either folded into a stored row (`stored`: table, count expression) or
+    quarantined (`quarantine`), so a late row shows as a difference in counts."""
+
+    source_table: str
+    time_column: str
+    stored: tuple[str, str]
+    quarantine: str
+
+    def stored_per_day(self, warehouse: PostgresResource, start: dt.datetime) -> dict[str, int]:
+        table, count = self.stored
+        stored = _rows_per_day(warehouse, table, self.time_column, count, start)
+        for day, n in _rows_per_day(warehouse, self.quarantine, self.time_column, "count(*)",
+                                    start).items():
+            stored[day] = stored.get(day, 0) + n
+        return stored
+
+
+ENV_READINGS_LEDGER = SourceLedger(
+    "iot.env_readings", "measured_at", ("mushroom.env_readings", "sum(source_rows)"),
+    "mushroom.env_readings_quarantine",
+)
+
+
+@dataclass(frozen=True)
+class StaleDays:
+    grown: dict[str, int]  # {day: source rows}: rows arrived since the day was materialized
+    shrunk: dict[str, tuple[int, int]]  # {day: (source rows, stored rows)}: rows were deleted
+
+
 def stale_partitions(
+    ledger: SourceLedger,
     source_database: PostgresResource,
     warehouse: PostgresResource,
     materialized: set[str],
     now: dt.datetime,
-) -> dict[str, int]:
-    """Materialized, closed days whose source row count differs from what was stored.
-
-    Stored = readings' source rows + quarantined rows, so every source row is accounted for and
-    any late (or deleted) row shows. Returns {partition key: source rows}.
-    """
+) -> StaleDays:
+    """Materialized, closed days of the lookback whose source row count differs from what was
+    stored. A day whose source now has fewer rows was purged (retention, a cleanup): re-running
+    it would delete stored rows, so it is only reported, never requested."""
     today = now.astimezone(SETTINGS.tz).date()
     first = today - dt.timedelta(days=LOOKBACK_DAYS)
     start = dt.datetime.combine(first, dt.time(), tzinfo=SETTINGS.tz)
-    source = _rows_per_day(source_database, "iot.env_readings", "count(*)", start)
-    stored = _rows_per_day(warehouse, "mushroom.env_readings", "sum(source_rows)", start)
-    quarantined = _rows_per_day(warehouse, "mushroom.env_readings_quarantine", "count(*)", start)
-    for day, count in quarantined.items():
-        stored[day] = stored.get(day, 0) + count
-    return {
-        day: count
-        for day, count in sorted(source.items(), reverse=True)
-        if day in materialized and day < today.isoformat() and stored.get(day, 0) != count
-    }
+    source = _rows_per_day(source_database, ledger.source_table, ledger.time_column, "count(*)",
+                           start)
+    stored = ledger.stored_per_day(warehouse, start)
+    closed = [
+        day for day in sorted(set(source) | set(stored), reverse=True)
+        if day in materialized and day < today.isoformat()
+    ]
+    return StaleDays(
+        grown={d: source[d] for d in closed if source.get(d, 0) > stored.get(d, 0)},
+        shrunk={d: (source.get(d, 0), stored[d]) for d in closed
+                if source.get(d, 0) < stored.get(d, 0)},
+    )
+
+
+def late_data_requests(
+    context: dg.SensorEvaluationContext, stale: StaleDays, trigger: str
+) -> list[dg.RunRequest] | dg.SkipReason:
+    """Run requests for the days with late rows; purged days are logged, never re-run."""
+    if stale.shrunk:
+        context.log.warning(
+            f"{len(stale.shrunk)} day(s) have fewer source rows than the warehouse stored "
+            f"(source, stored): {stale.shrunk}. Not re-run: the stored rows are kept. To mirror "
+            "a deliberate deletion, re-run the day with run config allow_shrink: true."
+        )
+    batch = not_yet_requested(context, stale.grown)
+    if not batch:
+        return dg.SkipReason(
+            f"{len(stale.grown)} day(s) with late data, none new; {len(stale.shrunk)} purged "
+            "day(s) left as stored"
+        )
+    return [
+        dg.RunRequest(
+            run_key=f"{trigger}:{day}:{count}",
+            partition_key=day,
+            tags={"mushroom/trigger": trigger},
+        )
+        for day, count in batch.items()
+        if daily_partitions.has_partition_key(day)
+    ]
 
 
 @dg.sensor(
@@ -74,8 +135,8 @@ def stale_partitions(
     job=environment_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description=f"Re-runs already materialized days (last {LOOKBACK_DAYS}) whose source rows "
-    "changed since: late, repeated or deleted readings.",
+    description=f"Re-runs already materialized days (last {LOOKBACK_DAYS}) that received source "
+    "rows since: late or repeated readings. Days whose source rows were purged are kept as stored.",
 )
 def late_env_readings_sensor(
     context: dg.SensorEvaluationContext,
@@ -83,21 +144,9 @@ def late_env_readings_sensor(
     warehouse: PostgresResource,
 ):
     materialized = context.instance.get_materialized_partitions(dg.AssetKey("env_readings"))
-    stale = stale_partitions(
-        source_database, warehouse, set(materialized), dt.datetime.now(dt.UTC)
-    )
-    batch = not_yet_requested(context, stale)
-    if not batch:
-        return dg.SkipReason(f"{len(stale)} day(s) with late data, none new")
-    return [
-        dg.RunRequest(
-            run_key=f"late_env_readings:{day}:{count}",
-            partition_key=day,
-            tags={"mushroom/trigger": "late_env_readings"},
-        )
-        for day, count in batch.items()
-        if daily_partitions.has_partition_key(day)
-    ]
+    stale = stale_partitions(ENV_READINGS_LEDGER, source_database, warehouse, set(materialized),
+                             dt.datetime.now(dt.UTC))
+    return late_data_requests(context, stale, "late_env_readings")
 
 
 def _handled_images(warehouse: PostgresResource, model: str, first: dt.date) -> set[tuple[str, str]]:

@@ -29,7 +29,6 @@ from dagster._core.storage.db_io_manager import (
     DbTypeHandler,
     TablePartitionDimension,
     TableSlice,
-    static_where_clause,
 )
 from pydantic import Field
 
@@ -52,24 +51,49 @@ def qualified_name(table_slice: TableSlice) -> str:
     return f"{quote_ident(table_slice.schema)}.{quote_ident(table_slice.table)}"
 
 
-def _time_window_clause(dimension: TablePartitionDimension) -> str:
+def _time_window_clause(dimension: TablePartitionDimension, pg_type: str | None) -> str:
     window = dimension.partitions
     assert isinstance(window, TimeWindow)
-    # The session runs in the farm's timezone, so a DATE column compares as local midnight.
+    column = dimension.partition_expr
+    if pg_type == "date":
+        # A DATE column compares with dates: no timezone takes part.
+        return (
+            f"{column} >= '{window.start.date().isoformat()}'::date AND "
+            f"{column} < '{window.end.date().isoformat()}'::date"
+        )
+    # Absolute instants (with their offset): the connection's timezone plays no part.
     return (
-        f"{dimension.partition_expr} >= '{window.start.isoformat()}'::timestamptz AND "
-        f"{dimension.partition_expr} < '{window.end.isoformat()}'::timestamptz"
+        f"{column} >= '{window.start.isoformat()}'::timestamptz AND "
+        f"{column} < '{window.end.isoformat()}'::timestamptz"
     )
 
 
-def where_clause(table_slice: TableSlice) -> str:
-    clauses = []
-    for dimension in table_slice.partition_dimensions or []:
+def where_clause(
+    table_slice: TableSlice, types: Mapping[str, str] | None = None
+) -> tuple[str, dict[str, list]]:
+    """The slice's predicate and its bound parameters. `types` ({column: Postgres type}) says
+    which partition columns are DATEs; without it they are taken for timestamptz. Static
+    partition keys are data (a model name may hold a quote or a `%`): they travel as parameters."""
+    clauses, params = [], {}
+    for number, dimension in enumerate(table_slice.partition_dimensions or []):
         if isinstance(dimension.partitions, TimeWindow):
-            clauses.append(_time_window_clause(dimension))
+            clauses.append(
+                _time_window_clause(dimension, (types or {}).get(dimension.partition_expr))
+            )
         elif dimension.partitions:
-            clauses.append(static_where_clause(dimension))
-    return " AND ".join(f"({c})" for c in clauses) or "TRUE"
+            name = f"partition_keys_{number}"
+            clauses.append(f"{dimension.partition_expr} = ANY(%({name})s)")
+            params[name] = list(dimension.partitions)
+    return " AND ".join(f"({c})" for c in clauses) or "TRUE", params
+
+
+def select_statement(table_slice: TableSlice, types: Mapping[str, str] | None = None) -> str:
+    """The slice's SELECT, usable as a subquery: only time windows, no parameters."""
+    clause, params = where_clause(table_slice, types)
+    if params:
+        raise ValueError(f"{table_slice.table}: a static partition cannot be selected as SQL text")
+    columns = ", ".join(quote_ident(c) for c in table_slice.columns) if table_slice.columns else "*"
+    return f"SELECT {columns} FROM {qualified_name(table_slice)} WHERE {clause}"
 
 
 def _table_exists(connection: sa.Connection, table_slice: TableSlice) -> bool:
@@ -79,6 +103,42 @@ def _table_exists(connection: sa.Connection, table_slice: TableSlice) -> bool:
         ).scalar()
         is not None
     )
+
+
+def lock_table(connection: sa.Connection, table: str) -> None:
+    """Writers of one table wait for each other until the transaction ends: concurrent first
+    writes cannot both create the schema or the table, nor re-materializations of one partition
+    both delete and then both insert."""
+    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+
+
+VECTOR_EXTENSION_LOCK = "mushroom_pipeline: CREATE EXTENSION vector"
+
+
+class VectorExtensionMissingError(dg.Failure):
+    pass
+
+
+def ensure_vector_extension(connection: sa.Connection) -> None:
+    """pgvector in the warehouse database: created when missing, as a fresh database of the
+    pgvector image, RDS or Cloud SQL has it installed but not created. A role that may not create
+    it gets the statement a DBA must run."""
+    if connection.exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'vector'").first():
+        return
+    lock_table(connection, VECTOR_EXTENSION_LOCK)
+    database, role = connection.exec_driver_sql("SELECT current_database(), current_user").one()
+    try:
+        with connection.begin_nested():
+            connection.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
+    except sa.exc.DBAPIError as err:
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        raise VectorExtensionMissingError(
+            f"The warehouse database {database!r} has no pgvector extension and role {role!r} "
+            f"cannot create it ({reason}). A database owner or superuser must run, in database "
+            f"{database!r}:  CREATE EXTENSION IF NOT EXISTS vector;  (the server needs pgvector "
+            "installed). Or point MUSHROOM_DATABASE_URL at a role that may create it.",
+            allow_retries=False,
+        ) from None
 
 
 class PostgresClient(DbClient):
@@ -91,20 +151,18 @@ class PostgresClient(DbClient):
             yield connection
 
     def ensure_schema_exists(self, context, table_slice: TableSlice, connection) -> None:
+        # Called first for every write: the lock covers schema and table creation too.
+        lock_table(connection, qualified_name(table_slice))
         connection.exec_driver_sql(
             f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table_slice.schema)}"
         )
 
     def delete_table_slice(self, context, table_slice: TableSlice, connection) -> None:
-        # Two runs writing the same table wait for each other, so concurrent re-materializations
-        # of one partition cannot both delete and then both insert.
-        connection.exec_driver_sql(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", (qualified_name(table_slice),)
-        )
+        lock_table(connection, qualified_name(table_slice))  # held already: a no-op
         if _table_exists(connection, table_slice):
-            connection.exec_driver_sql(
-                f"DELETE FROM {qualified_name(table_slice)} WHERE {where_clause(table_slice)}"
-            )
+            table = qualified_name(table_slice)
+            clause, params = where_clause(table_slice, table_column_types(connection, table))
+            connection.exec_driver_sql(f"DELETE FROM {table} WHERE {clause}", params)
 
     @staticmethod
     def get_table_name(table_slice: TableSlice) -> str:
@@ -112,13 +170,7 @@ class PostgresClient(DbClient):
 
     @staticmethod
     def get_select_statement(table_slice: TableSlice) -> str:
-        columns = (
-            ", ".join(quote_ident(c) for c in table_slice.columns) if table_slice.columns else "*"
-        )
-        return (
-            f"SELECT {columns} FROM {qualified_name(table_slice)} "
-            f"WHERE {where_clause(table_slice)}"
-        )
+        return select_statement(table_slice)
 
 
 def column_schema(*columns: tuple[str, str] | tuple[str, str, str]) -> dg.TableSchema:
@@ -347,6 +399,8 @@ def write_frame(
     types = {c: declared.get(c) or _inferred_type(frame[c]) for c in frame.columns}
     for dimension in table_slice.partition_dimensions or []:
         _check_inside_window(frame, dimension, types.get(dimension.partition_expr, ""))
+    if any(t.startswith("vector") for t in types.values()):
+        ensure_vector_extension(connection)
     if not _vector_dimensions(connection, table_slice, frame, types):
         return 0  # no vectors and no table yet: nothing to write, no dimension to create it with
     ensure_table(connection, table_slice, types, indexes)
@@ -418,9 +472,10 @@ class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
                 allow_retries=False,
             )
         types = table_column_types(connection, qualified_name(table_slice))
+        query = select_statement(table_slice, types)
         if table_slice.columns:
             types = {c: types[c] for c in table_slice.columns}
-        return read_frame(connection, PostgresClient.get_select_statement(table_slice), types)
+        return read_frame(connection, query, types)
 
     @property
     def supported_types(self):
@@ -431,15 +486,16 @@ class RelationTypeHandler(DbTypeHandler[PostgresRelation]):
     """Outputs: INSERT … SELECT inside the database. Inputs: the slice's SELECT statement."""
 
     def handle_output(self, context, table_slice: TableSlice, obj: PostgresRelation, connection):
-        rows = write_relation(connection, table_slice, obj, declared_column_types(context))
+        declared = declared_column_types(context)
+        rows = write_relation(connection, table_slice, obj, declared)
         preview = pd.read_sql_query(
-            f"SELECT * FROM {qualified_name(table_slice)} WHERE {where_clause(table_slice)} LIMIT 10",
-            connection,
+            f"SELECT * FROM ({select_statement(table_slice, declared)}) s LIMIT 10", connection
         )
         return {"dagster/row_count": rows, "preview": markdown_preview(preview)}
 
     def load_input(self, context, table_slice: TableSlice, connection) -> PostgresRelation:
-        return PostgresRelation(PostgresClient.get_select_statement(table_slice))
+        types = table_column_types(connection, qualified_name(table_slice))
+        return PostgresRelation(select_statement(table_slice, types))
 
     @property
     def supported_types(self):

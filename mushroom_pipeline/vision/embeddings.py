@@ -27,7 +27,7 @@ from mushroom_pipeline.io.postgres import (
     read_frame,
     replace_table_slice,
     table_column_types,
-    where_clause,
+    select_statement,
 )
 from mushroom_pipeline.io.source import time_slice
 from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStoreResource
@@ -104,7 +104,7 @@ def _existing_rows(warehouse: PostgresResource, window: dg.TimeWindow, dim: int)
                 f"vector({dim}). One table holds one dimension: rename or drop the old table to "
                 "embed with this model, or set MUSHROOM_CLIP_MODEL back."
             )
-        return read_frame(conn, f"SELECT * FROM {table} WHERE {where_clause(table_slice)}", types)
+        return read_frame(conn, select_statement(table_slice, types), types)
 
 
 def _normalized(vectors: np.ndarray) -> np.ndarray:
