@@ -59,30 +59,30 @@ def cmd_ui(settings: Settings, args) -> None:
 
 
 def cmd_search(settings: Settings, args) -> None:
-    from mushroom_pipeline.definitions import defs
+    from mushroom_pipeline.definitions import resources_outside_a_run
     from mushroom_pipeline.vision.search import nearest, stored_vector
 
-    clip = defs.resources["clip_encoder"]
-    warehouse = defs.resources["warehouse"]
-    other_days_than = None
-    if args.similar:
-        vector, other_days_than = stored_vector(warehouse, args.similar, clip.model_id())
-        model = clip.model_id()
-    else:
-        encoder = clip.encoder()
-        model = encoder.model_id
-        if args.text:
-            vector = encoder.encode_texts([args.text])[0]
+    with resources_outside_a_run("clip_encoder", "warehouse") as resources:
+        clip, warehouse = resources.clip_encoder, resources.warehouse
+        other_days_than = None
+        if args.similar:
+            vector, other_days_than = stored_vector(warehouse, args.similar, clip.model_id())
+            model = clip.model_id()
         else:
-            from mushroom_pipeline.vision.decode import decode_image
+            encoder = clip.encoder()
+            model = encoder.model_id
+            if args.text:
+                vector = encoder.encode_texts([args.text])[0]
+            else:
+                from mushroom_pipeline.vision.decode import decode_image
 
-            decoded = decode_image(Path(args.image).read_bytes(), encoder.image_size)
-            vector = encoder.encode_images(encoder.preprocess(decoded.image)[None])[0]
-        if encoder.random_weights:
-            print("WARNING: untrained (random) CLIP weights: distances carry no meaning",
-                  file=sys.stderr)
-    hits = nearest(warehouse, vector, model, room=args.room, day=args.day,
-                   other_days_than=other_days_than, limit=args.limit)
+                decoded = decode_image(Path(args.image).read_bytes(), encoder.image_size)
+                vector = encoder.encode_images(encoder.preprocess(decoded.image)[None])[0]
+            if encoder.random_weights:
+                print("WARNING: untrained (random) CLIP weights: distances carry no meaning",
+                      file=sys.stderr)
+        hits = nearest(warehouse, vector, model, room=args.room, day=args.day,
+                       other_days_than=other_days_than, limit=args.limit)
     print(hits.to_markdown(index=False, floatfmt=".4f") if len(hits) else "no images")
 
 

@@ -1,6 +1,8 @@
 """The code location: what `workspace.yaml` and `dagster ... -m mushroom_pipeline.definitions` load."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 
@@ -138,3 +140,11 @@ defs = dg.Definitions(
     resources=all_resources(),
     executor=executor(),
 )
+
+
+@contextmanager
+def resources_outside_a_run(*keys: str) -> Iterator[object]:
+    """The code location's resources exactly as a run gets them (each `dg.EnvVar` resolved), for
+    the code that runs outside one: the CLI and the demo. Attributes are the keys."""
+    with dg.build_resources({key: defs.resources[key] for key in keys}) as resources:
+        yield resources

@@ -29,7 +29,49 @@ def _env(name: str) -> str | None:
     return value or None
 
 
+# The variables that give stored data its meaning: a demo made with them is read back with them.
+PERSISTED_CHOICES = (
+    "MUSHROOM_TIMEZONE",
+    "MUSHROOM_START_DATE",
+    "MUSHROOM_IMAGE_BUCKET",
+    "MUSHROOM_CLIP_MODEL",
+    "MUSHROOM_CLIP_PRETRAINED",
+)
+CHOICES_FILE = "mushroom.env"
+
+
+def choices_file(home: Path) -> Path:
+    return Path(home).absolute() / CHOICES_FILE
+
+
+def persist_choices(home: Path) -> Path:
+    """Writes the PERSISTED_CHOICES in effect to `$MUSHROOM_HOME/mushroom.env`, so that every
+    later process on this home (`make ui`, its daemon and run workers, the CLI) reads the data
+    as it was made: above all the demo's CLIP weights. Never URLs or credentials."""
+    path = choices_file(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{name}={os.environ[name].strip()}" for name in PERSISTED_CHOICES if _env(name)]
+    path.write_text("# choices made for this MUSHROOM_HOME (by `mushroom-pipeline demo`); a "
+                    "variable set in the environment wins\n" + "".join(f"{l}\n" for l in lines))
+    return path
+
+
+def apply_persisted_choices(home: Path) -> dict[str, str]:
+    """Sets the variables of `$MUSHROOM_HOME/mushroom.env` that the environment leaves unset;
+    returns those it set."""
+    path = choices_file(home)
+    applied = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition("=")
+            name = name.strip()
+            if name in PERSISTED_CHOICES and value.strip() and _env(name) is None:
+                applied[name] = os.environ[name] = value.strip()
+    return applied
+
+
 def load_settings() -> Settings:
+    apply_persisted_choices(Path(_env("MUSHROOM_HOME") or ".mushroom"))
     timezone = _env("MUSHROOM_TIMEZONE") or "UTC"
     try:
         ZoneInfo(timezone)

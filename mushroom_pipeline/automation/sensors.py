@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import dagster as dg
 
 from mushroom_pipeline.automation.jobs import environment_job, vision_job
+from mushroom_pipeline.environment.assets import ENV_READINGS_LEDGER
+from mushroom_pipeline.io.source import SourceLedger, rows_per_day
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
@@ -30,46 +32,6 @@ def not_yet_requested(context: dg.SensorEvaluationContext, wanted: dict[str, obj
     return batch
 
 
-def _rows_per_day(
-    database: PostgresResource, table: str, time_column: str, count: str, start: dt.datetime
-) -> dict[str, int]:
-    """{local day: `count`} of `table` from `start` on; empty when the table does not exist."""
-    with database.begin() as conn:
-        if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
-            return {}
-        rows = conn.exec_driver_sql(
-            f"SELECT {time_column}::date, {count} FROM {table} WHERE {time_column} >= %s GROUP BY 1",
-            (start,),
-        ).all()
-    return {day.isoformat(): int(n) for day, n in rows}
-
-
-@dataclass(frozen=True)
-class SourceLedger:
-    """How a source table's rows are accounted for in the warehouse: every source row of a
-    materialized day is either folded into a stored row (`stored`: table, count expression) or
-    quarantined (`quarantine`), so a late row shows as a difference in counts."""
-
-    source_table: str
-    time_column: str
-    stored: tuple[str, str]
-    quarantine: str
-
-    def stored_per_day(self, warehouse: PostgresResource, start: dt.datetime) -> dict[str, int]:
-        table, count = self.stored
-        stored = _rows_per_day(warehouse, table, self.time_column, count, start)
-        for day, n in _rows_per_day(warehouse, self.quarantine, self.time_column, "count(*)",
-                                    start).items():
-            stored[day] = stored.get(day, 0) + n
-        return stored
-
-
-ENV_READINGS_LEDGER = SourceLedger(
-    "iot.env_readings", "measured_at", ("mushroom.env_readings", "sum(source_rows)"),
-    "mushroom.env_readings_quarantine",
-)
-
-
 @dataclass(frozen=True)
 class StaleDays:
     grown: dict[str, int]  # {day: source rows}: rows arrived since the day was materialized
@@ -89,8 +51,7 @@ def stale_partitions(
     today = now.astimezone(SETTINGS.tz).date()
     first = today - dt.timedelta(days=LOOKBACK_DAYS)
     start = dt.datetime.combine(first, dt.time(), tzinfo=SETTINGS.tz)
-    source = _rows_per_day(source_database, ledger.source_table, ledger.time_column, "count(*)",
-                           start)
+    source = ledger.source_per_day(source_database, start)
     stored = ledger.stored_per_day(warehouse, start)
     closed = [
         day for day in sorted(set(source) | set(stored), reverse=True)

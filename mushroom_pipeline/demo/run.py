@@ -13,7 +13,7 @@ from mushroom_pipeline.demo.farm import (
     seed_images,
     seed_setpoints,
 )
-from mushroom_pipeline.settings import Settings
+from mushroom_pipeline.settings import Settings, persist_choices
 
 WEIGHTS_HOST = ("huggingface.co", 443)  # where open_clip downloads pretrained weights from
 
@@ -72,16 +72,23 @@ def run_demo(settings: Settings, days: int) -> None:
     random_weights = choose_clip_weights()
     if random_weights:
         print(RANDOM_BANNER)
+    # `make ui` and the CLI on this home then read the data with the same model and timezone.
+    print(f"Demo choices kept in {persist_choices(settings.home)}")
     # Imported here: the definitions read the environment set above and by prepare_dagster_home.
-    from mushroom_pipeline.definitions import defs
+    from mushroom_pipeline.definitions import defs, resources_outside_a_run
 
-    warehouse = defs.resources["warehouse"]
-    source = defs.resources["source_database"]
+    with resources_outside_a_run("warehouse", "source_database", "object_store",
+                                 "clip_encoder") as resources:
+        materialize_demo(defs, resources, settings, days, random_weights)
+
+
+def materialize_demo(defs, resources, settings: Settings, days: int, random_weights: bool) -> None:
+    warehouse, source = resources.warehouse, resources.source_database
     yesterday = dt.datetime.now(settings.tz).date() - dt.timedelta(days=1)
     demo_days = days_ending(yesterday, days)
     readings = seed_env_readings(source.get_engine(), demo_days, settings.tz)
     snapshots = seed_setpoints(source.get_engine(), demo_days, settings.tz)
-    images, corrupt = seed_images(defs.resources["object_store"].store(), demo_days)
+    images, corrupt = seed_images(resources.object_store.store(), demo_days)
     print(f"Demo farm: {readings} readings, {snapshots} setpoint snapshots, {images} camera "
           f"images (+{corrupt} corrupt upload) for {demo_days[0]} … {demo_days[-1]} "
           f"({settings.timezone})")
@@ -100,7 +107,7 @@ def run_demo(settings: Settings, days: int) -> None:
             raise SystemExit(f"the run for {day} failed; see `make ui` → Runs")
 
     with warehouse.begin() as conn:
-        model = defs.resources["clip_encoder"].model_id()
+        model = resources.clip_encoder.model_id()
         summary = pd.read_sql_query(SUMMARY_SQL, conn, params={"days": demo_days, "model": model})
     print()
     print(summary.to_markdown(index=False))

@@ -25,7 +25,12 @@ from mushroom_pipeline.io.postgres import (
     column_types,
     read_frame,
 )
-from mushroom_pipeline.io.source import quarantined_source, time_slice
+from mushroom_pipeline.io.source import (
+    SourceLedger,
+    SourceWindowConfig,
+    quarantined_source,
+    time_slice,
+)
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
@@ -67,6 +72,9 @@ STATS_SCHEMA = column_schema(
 )
 
 QUARANTINE_TABLE = "env_readings_quarantine"
+ENV_READINGS_LEDGER = SourceLedger(
+    "iot.env_readings", "measured_at", ("env_readings", "sum(source_rows)"), QUARANTINE_TABLE
+)
 
 
 @dg.asset(
@@ -84,6 +92,7 @@ QUARANTINE_TABLE = "env_readings_quarantine"
 )
 def env_readings(
     context: dg.AssetExecutionContext,
+    config: SourceWindowConfig,
     source_database: PostgresResource,
     warehouse: PostgresResource,
 ):
@@ -92,12 +101,11 @@ def env_readings(
         context,
         source_database,
         warehouse,
-        "iot.env_readings",
+        ENV_READINGS_LEDGER,
         SOURCE_COLUMNS,
-        "measured_at",
-        QUARANTINE_TABLE,
         quarantine_relation,
         column_types(QUARANTINE_SCHEMA),
+        config.allow_shrink,
     ) as source:
         yield dg.Output(readings_relation(source.table, window), metadata=source.metadata())
     yield check_invalid_share(source.source_rows, source.invalid_by_reason)

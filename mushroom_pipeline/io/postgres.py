@@ -368,10 +368,17 @@ def ensure_table(
     indexes: Sequence[str] = (),
 ):
     """Creates the table on first write, with an index on its partition column and the
-    `indexes` given as statements with a `{table}` placeholder."""
-    if _table_exists(connection, table_slice):
-        return
+    `indexes` given as statements with a `{table}` placeholder. A table made by an earlier
+    version gains the columns declared since (NULL in its old rows)."""
     table = qualified_name(table_slice)
+    if _table_exists(connection, table_slice):
+        existing = table_column_types(connection, table)
+        for column, pg_type in types.items():
+            if column not in existing:
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {table} ADD COLUMN {quote_ident(column)} {pg_type}"
+                )
+        return
     columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
     connection.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
     for dimension in table_slice.partition_dimensions or []:

@@ -5,11 +5,13 @@ table, count the window's rows, make them queryable from the warehouse, write th
 to a quarantine table with their reason, and count those by reason.
 """
 
+import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dagster as dg
+from pydantic import Field
 from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 
 from mushroom_pipeline.io.postgres import (
@@ -38,6 +40,77 @@ def time_slice(table: str, column: str, window: dg.TimeWindow) -> TableSlice:
     )
 
 
+def rows_per_day(
+    database: PostgresResource,
+    table: str,
+    time_column: str,
+    count: str,
+    start: dt.datetime,
+    end: dt.datetime | None = None,
+) -> dict[str, int]:
+    """{local day: `count`} of `table` in [start, end); empty when the table does not exist."""
+    with database.begin() as conn:
+        if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
+            return {}
+        rows = conn.exec_driver_sql(
+            f"SELECT {time_column}::date, {count} FROM {table} "
+            f"WHERE {time_column} >= %s AND {time_column} < %s GROUP BY 1",
+            (start, end or dt.datetime.max.replace(tzinfo=dt.UTC)),
+        ).all()
+    return {day.isoformat(): int(n) for day, n in rows}
+
+
+@dataclass(frozen=True)
+class SourceLedger:
+    """How a source table's rows are accounted for in the warehouse: every source row of a
+    materialized day is folded into a stored row (`stored`: mushroom table, expression counting
+    the source rows it holds) or quarantined (`quarantine`: mushroom table). Late rows show as
+    more source rows than stored, purged ones as fewer."""
+
+    source_table: str
+    time_column: str
+    stored: tuple[str, str]
+    quarantine: str
+
+    def source_per_day(self, source: PostgresResource, start, end=None) -> dict[str, int]:
+        return rows_per_day(source, self.source_table, self.time_column, "count(*)", start, end)
+
+    def stored_per_day(self, warehouse: PostgresResource, start, end=None) -> dict[str, int]:
+        table, count = self.stored
+        stored = rows_per_day(warehouse, f"mushroom.{table}", self.time_column, count, start, end)
+        quarantined = rows_per_day(warehouse, f"mushroom.{self.quarantine}", self.time_column,
+                                   "count(*)", start, end)
+        for day, n in quarantined.items():
+            stored[day] = stored.get(day, 0) + n
+        return stored
+
+
+class SourceWindowConfig(dg.Config):
+    allow_shrink: bool = Field(
+        default=False,
+        description="Let a re-run store fewer rows for a day than it holds now, mirroring rows "
+        "deleted from the source on purpose. Off: such a run fails and changes nothing.",
+    )
+
+
+def refuse_shrinking(
+    ledger: SourceLedger, source: dict[str, int], stored: dict[str, int], asset: str
+) -> None:
+    """Fails, before anything is written, when a day's source holds fewer rows than the
+    warehouse stored from it: a purge or an unmounted source must not wipe the warehouse."""
+    shrunk = {day: (source.get(day, 0), n) for day, n in sorted(stored.items())
+              if source.get(day, 0) < n}
+    if shrunk:
+        days = ", ".join(f"{day}: {now} source rows, {n} stored" for day, (now, n) in shrunk.items())
+        raise dg.Failure(
+            f"{ledger.source_table} now has fewer rows than mushroom.{ledger.stored[0]} and "
+            f"mushroom.{ledger.quarantine} hold for {days}. Nothing was changed: the stored rows "
+            "are kept. If the rows were deleted on purpose, re-run with run config "
+            f"`ops: {{{asset}: {{config: {{allow_shrink: true}}}}}}` to mirror the deletion.",
+            allow_retries=False,
+        )
+
+
 @dataclass(frozen=True)
 class SourceWindow:
     table: str  # the name the warehouse queries the source rows by
@@ -63,15 +136,15 @@ def quarantined_source(
     context: dg.AssetExecutionContext,
     source: PostgresResource,
     warehouse: PostgresResource,
-    table: str,
+    ledger: SourceLedger,
     columns: Mapping[str, str],
-    time_column: str,
-    quarantine_table: str,
     quarantine_relation: Callable[[str, dg.TimeWindow], PostgresRelation],
     quarantine_types: Mapping[str, str],
+    allow_shrink: bool,
 ) -> Iterator[SourceWindow]:
     window = context.partition_time_window
-    quarantine = time_slice(quarantine_table, time_column, window)
+    table, time_column = ledger.source_table, ledger.time_column
+    quarantine = time_slice(ledger.quarantine, time_column, window)
     in_window = window_predicate(time_column, window)
     with source.begin() as conn:
         if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
@@ -79,7 +152,14 @@ def quarantined_source(
                 f"The source database has no table {table} (configured by "
                 f"{source.url_variable}); see ../shared/CONTRACTS.md for its columns."
             )
-        source_rows = conn.exec_driver_sql(f"SELECT count(*) FROM {table} WHERE {in_window}").scalar()
+    source_days = ledger.source_per_day(source, window.start, window.end)
+    source_rows = sum(source_days.values())
+    if allow_shrink:
+        context.log.warning("allow_shrink: stored rows the source no longer has are deleted")
+    else:
+        refuse_shrinking(ledger, source_days,
+                         ledger.stored_per_day(warehouse, window.start, window.end),
+                         context.asset_key.to_user_string())
     staging_name = f"{table.split('.')[-1]}_{context.run_id}"
     with source_table(source, warehouse, table, columns, in_window, staging_name) as queryable:
         # The quarantine is written first: if the asset's own write then fails, a re-run
@@ -96,4 +176,4 @@ def quarantined_source(
             f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {source_rows} rows of {table}, "
             f"{sum(by_reason.values())} quarantined {by_reason}"
         )
-        yield SourceWindow(queryable, source_rows, by_reason, quarantine_table)
+        yield SourceWindow(queryable, source_rows, by_reason, ledger.quarantine)

@@ -17,7 +17,7 @@ from mushroom_pipeline.io.postgres import (
     markdown_preview,
     read_frame,
 )
-from mushroom_pipeline.io.source import quarantined_source
+from mushroom_pipeline.io.source import SourceLedger, SourceWindowConfig, quarantined_source
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
@@ -69,6 +69,11 @@ SWITCH_STATS_SCHEMA = column_schema(
     ("minutes_unknown", "double precision", "before the point's first-ever snapshot"),
 )
 QUARANTINE_TABLE = "setpoint_snapshots_quarantine"
+# Baseline rows repeat an earlier snapshot: they hold no source row of their day.
+SETPOINTS_LEDGER = SourceLedger(
+    SOURCE_TABLE, "recorded_at",
+    ("setpoint_snapshots", "sum(source_rows) FILTER (WHERE NOT is_baseline)"), QUARANTINE_TABLE,
+)
 
 
 @dg.asset(
@@ -85,6 +90,7 @@ QUARANTINE_TABLE = "setpoint_snapshots_quarantine"
 )
 def setpoint_snapshots(
     context: dg.AssetExecutionContext,
+    config: SourceWindowConfig,
     source_database: PostgresResource,
     warehouse: PostgresResource,
 ):
@@ -93,12 +99,11 @@ def setpoint_snapshots(
         context,
         source_database,
         warehouse,
-        SOURCE_TABLE,
+        SETPOINTS_LEDGER,
         SOURCE_COLUMNS,
-        "recorded_at",
-        QUARANTINE_TABLE,
         quarantine_relation,
         column_types(QUARANTINE_SCHEMA),
+        config.allow_shrink,
     ) as source:
         baselines = find_baselines(source_database, window)
         yield dg.Output(

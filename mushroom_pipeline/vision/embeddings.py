@@ -59,6 +59,8 @@ EMBEDDINGS_SCHEMA = column_schema(
     ("height", "integer"),
     ("source_mode", "text", "the image's PIL mode before conversion to RGB (CMYK, L, I;16, ...)"),
     ("embedded_at", "timestamptz"),
+    ("missing_since", "timestamptz",
+     "NULL while the image is in the object store; else since when it is gone (row kept)"),
 )
 EMBEDDING_INDEXES = [
     "CREATE UNIQUE INDEX ON {table} (object_key, model)",
@@ -104,7 +106,9 @@ def _existing_rows(warehouse: PostgresResource, window: dg.TimeWindow, dim: int)
                 f"vector({dim}). One table holds one dimension: rename or drop the old table to "
                 "embed with this model, or set MUSHROOM_CLIP_MODEL back."
             )
-        return read_frame(conn, select_statement(table_slice, types), types)
+        rows = read_frame(conn, select_statement(table_slice, types), types)
+    # A table from an earlier version lacks the columns added since: NULL, as ALTER TABLE gives.
+    return rows.reindex(columns=list(column_types(EMBEDDINGS_SCHEMA)))
 
 
 def _normalized(vectors: np.ndarray) -> np.ndarray:
@@ -229,16 +233,24 @@ def image_embeddings(
     describe = describer.describer()
     window = context.partition_time_window
     existing = _existing_rows(warehouse, window, encoder.dim)
-    listed = set(zip(image_manifest["object_key"], image_manifest["etag"]))
+    missing = image_manifest.reindex(columns=["missing_since"])["missing_since"].notna()
+    present = image_manifest[~missing]
+    listed = set(zip(present["object_key"], present["etag"]))
     current = existing["model"] == encoder.model_id
     unchanged = current & pd.Series(
         [key in listed for key in zip(existing["object_key"], existing["etag"])], index=existing.index, dtype=bool
     )
+    # An image gone from the store keeps its vector, marked as the manifest marks it.
+    missing_since = dict(zip(image_manifest.loc[missing, "object_key"],
+                             image_manifest.loc[missing, "missing_since"]))
+    gone = current & existing["object_key"].isin(missing_since)
+    kept_gone = existing[gone].assign(missing_since=existing.loc[gone, "object_key"].map(missing_since))
     done = set(zip(existing.loc[unchanged, "object_key"], existing.loc[unchanged, "etag"]))
-    todo = image_manifest[[key not in done for key in zip(image_manifest["object_key"], image_manifest["etag"])]]
+    todo = present[[key not in done for key in zip(present["object_key"], present["etag"])]]
     context.log.info(
         f"{len(image_manifest)} images: {len(todo)} to embed with {encoder.model_id} on "
-        f"{encoder.device}, {int(unchanged.sum())} unchanged"
+        f"{encoder.device}, {int(unchanged.sum())} unchanged, {len(kept_gone)} gone from the "
+        "store (kept)"
     )
 
     started = time.perf_counter()
@@ -256,6 +268,7 @@ def image_embeddings(
     image_vectors = np.stack(embedded["embedding"]) if len(embedded) else np.zeros((0, encoder.dim))
     embedded["fused_embedding"] = list(fuse(encoder, image_vectors, texts, clip_encoder.batch_size))
     embedded["embedded_at"] = pd.Timestamp.now(tz="UTC")
+    embedded["missing_since"] = pd.Series(pd.NaT, index=embedded.index, dtype="datetime64[us, UTC]")
     elapsed = time.perf_counter() - started
 
     failures = pd.DataFrame(embedder.failures, columns=[
@@ -272,7 +285,7 @@ def image_embeddings(
 
     columns = list(column_types(EMBEDDINGS_SCHEMA))
     slice_rows = pd.concat(
-        [frame[columns] for frame in (existing[~unchanged & ~current], existing[unchanged], embedded)
+        [frame[columns] for frame in (existing[~current], existing[unchanged], kept_gone, embedded)
          if len(frame)] or [embedded[columns]],
         ignore_index=True,
     )
@@ -293,6 +306,7 @@ def image_embeddings(
             "images": len(image_manifest),
             "embedded": len(embedded),
             "skipped_unchanged": int(unchanged.sum()),
+            "kept_missing_from_store": len(kept_gone),
             "failed": len(failures),
             "failure_reasons": dg.MetadataValue.json(dict(reasons)),
             "other_model_rows": int((~current).sum()),
