@@ -63,7 +63,10 @@ def parse_image_key(info: ObjectInfo, tz: ZoneInfo) -> ImageObject | None:
     stamp = CAPTURE_TIME.search(match["file"])
     if stamp:
         try:
-            captured_at = dt.datetime.strptime(stamp[1], "%Y%m%d%H%M%S").replace(tzinfo=tz)
+            # fold=0 (PEP 495), stated so it stays: a time in the hour repeated when clocks go
+            # back is its first occurrence (still daylight time); a time in the hour skipped when
+            # they go forward takes the offset in force before the change (02:30 → 03:30 DST).
+            captured_at = dt.datetime.strptime(stamp[1], "%Y%m%d%H%M%S").replace(tzinfo=tz, fold=0)
         except ValueError:
             pass  # not a time after all: the object's last-modified time stands
     return ImageObject(info.key, info.etag, info.size, match["room"], day, captured_at)

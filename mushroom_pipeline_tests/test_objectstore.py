@@ -65,6 +65,19 @@ def test_keys_follow_the_contract_layout():
     assert parse_image_key(ObjectInfo("612/20251399/x.jpg", "e", 1, modified), SHANGHAI) is None
 
 
+@pytest.mark.parametrize(("stamp", "utc"), [
+    ("20261101013000", "2026-11-01T05:30:00+00:00"),  # repeated hour: the first 01:30 (EDT)
+    ("20260308023000", "2026-03-08T07:30:00+00:00"),  # skipped hour: read with EST (= 03:30 EDT)
+    ("20260308033000", "2026-03-08T07:30:00+00:00"),
+])
+def test_capture_times_in_the_dst_hours_resolve_one_documented_way(stamp, utc):
+    farm = ZoneInfo("America/New_York")
+    info = ObjectInfo(f"612/{stamp[:8]}/cam_{stamp}.jpg", "e", 1, dt.datetime.now(dt.timezone.utc))
+    captured = parse_image_key(info, farm).captured_at
+    assert captured.astimezone(dt.timezone.utc).isoformat() == utc
+    assert captured.date().isoformat().replace("-", "") == stamp[:8]  # its folder's day
+
+
 @pytest.mark.parametrize("key", ["../outside.jpg", "/etc/passwd", "612/../../x.jpg", "a\\..\\b.jpg", ""])
 def test_a_key_cannot_escape_the_local_folder(tmp_path, key):
     backend = ObjectStoreResource(home=str(tmp_path / "home")).store()
