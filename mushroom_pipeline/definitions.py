@@ -36,6 +36,7 @@ from mushroom_pipeline.setpoints.assets import (
     setpoint_snapshots,
     switch_daily_stats,
 )
+from mushroom_pipeline.setpoints.sensors import late_setpoints_sensor
 from mushroom_pipeline.settings import ConfigurationError
 from mushroom_pipeline.vision.describer import DescriberResource
 from mushroom_pipeline.vision.embeddings import image_embeddings
@@ -136,7 +137,8 @@ defs = dg.Definitions(
     ],
     jobs=[environment_job, setpoints_job, vision_job, farm_daily_job],
     schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference],
-    sensors=[late_env_readings_sensor, new_images_sensor, run_failure_alert, failed_check_alert],
+    sensors=[late_env_readings_sensor, late_setpoints_sensor, new_images_sensor, run_failure_alert,
+             failed_check_alert],
     resources=all_resources(),
     executor=executor(),
 )

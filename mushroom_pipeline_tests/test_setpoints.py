@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from mushroom_pipeline.definitions import database_resources
 from mushroom_pipeline.setpoints.assets import (
@@ -20,9 +21,11 @@ from .helpers import insert_setpoints, query, range_tags
 ASSETS = [setpoint_snapshots, setpoint_change_events, switch_daily_stats]
 
 
-def run(partition_key=None, start=None, end=None) -> dg.ExecuteInProcessResult:
+def run(partition_key=None, start=None, end=None, selection=None) -> dg.ExecuteInProcessResult:
+    """All three assets, or only `selection` (their upstream read from the warehouse)."""
     result = dg.materialize(
         ASSETS,
+        selection=selection,
         partition_key=partition_key,
         tags=range_tags(start, end) if start else None,
         resources=database_resources(),
@@ -43,6 +46,21 @@ def events(warehouse) -> pd.DataFrame:
 
 def at(text: str) -> pd.Timestamp:
     return pd.Timestamp(text, tz="UTC")
+
+
+def use_config(monkeypatch, tmp_path, rules: list[dict]) -> None:
+    config = tmp_path / "points.yaml"
+    config.write_text(yaml.safe_dump({"rules": rules}))
+    monkeypatch.setenv("MUSHROOM_SETPOINT_CONFIG", str(config))
+
+
+def reset_warehouse(warehouse) -> None:
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA IF EXISTS mushroom CASCADE")
+
+
+def switch_stats(warehouse) -> pd.DataFrame:
+    return query(warehouse, "SELECT * FROM mushroom.switch_daily_stats ORDER BY day, room, device, point")
 
 
 def test_a_change_at_midnight_is_reported_once_whatever_the_runs(warehouse):
@@ -135,9 +153,7 @@ def test_a_switch_flipping_every_minute_and_its_statistics(warehouse):
 
 
 def test_a_deadband_compares_with_the_last_reported_value(warehouse, tmp_path, monkeypatch):
-    config = tmp_path / "points.yaml"
-    config.write_text("rules:\n  - point: temperature_setpoint\n    kind: analog\n    deadband: 0.5\n")
-    monkeypatch.setenv("MUSHROOM_SETPOINT_CONFIG", str(config))
+    use_config(monkeypatch, tmp_path, [{"point": "temperature_setpoint", "kind": "analog", "deadband": 0.5}])
     values = [16.0, 16.2, 16.4, 16.6, 16.3, 16.0, 16.5]
     insert_setpoints(warehouse, [
         ("601", "air_cooler", "temperature_setpoint", v, at("2026-01-13 09:00") + pd.Timedelta(minutes=i))
@@ -178,9 +194,7 @@ def pandas_events(snapshots: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_events_match_an_independent_pandas_implementation(warehouse, monkeypatch, tmp_path):
-    config = tmp_path / "points.yaml"
-    config.write_text("rules: []\n")  # the contract's default: every point, every change
-    monkeypatch.setenv("MUSHROOM_SETPOINT_CONFIG", str(config))
+    use_config(monkeypatch, tmp_path, [])  # the contract's default: every point, every change
     rng = np.random.default_rng(42)
     times = pd.date_range("2026-01-12", "2026-01-15", freq="5min", inclusive="left", tz="UTC")
     frames = []
@@ -232,3 +246,169 @@ def test_a_missing_source_table_is_a_clear_failure(warehouse):
                             raise_on_error=False)
     assert not result.success
     assert "no table iot.device_setpoints" in failure_text(result)
+
+
+def test_names_with_percent_signs_quotes_backslashes_and_non_ascii_are_data(
+    warehouse, tmp_path, monkeypatch
+):
+    room, device = '"北" 6\'01', "风机_%_2"
+    exact, banded, switch = "temp_set%%", "o'clock\\x", "fan_%s_on_off"
+    use_config(monkeypatch, tmp_path, [{"point": banded, "kind": "analog", "deadband": 0.5}])
+    insert_setpoints(warehouse, [
+        (room, device, exact, 16.0, "2026-01-12 10:00"),
+        (room, device, exact, 16.5, "2026-01-12 23:59"),
+        (room, device, exact, 17.0, "2026-01-13 00:00"),
+        (room, device, banded, 10.0, "2026-01-12 10:00"),
+        (room, device, banded, 10.3, "2026-01-12 20:00"),  # within the deadband of 10.0
+        (room, device, banded, 10.6, "2026-01-13 00:00"),  # 0.6 from the reported 10.0
+        (room, device, switch, 0.0, "2026-01-12 12:00"),
+        (room, device, switch, 1.0, "2026-01-13 00:00"),
+        (room, device, switch, 0.0, "2026-01-13 06:00"),
+    ])
+    expected = [
+        ["2026-01-13", switch, at("2026-01-13 00:00"), 0.0, 1.0, "switched_on"],
+        ["2026-01-13", switch, at("2026-01-13 06:00"), 1.0, 0.0, "switched_off"],
+        ["2026-01-13", banded, at("2026-01-13 00:00"), 10.0, 10.6, "changed"],
+        ["2026-01-12", exact, at("2026-01-12 23:59"), 16.0, 16.5, "changed"],
+        ["2026-01-13", exact, at("2026-01-13 00:00"), 16.5, 17.0, "changed"],
+    ]
+    run("2026-01-12")
+    run("2026-01-13")  # the baselines come from the source, looked up by these names
+    per_day = events(warehouse)
+    assert set(per_day["room"]) == {room} and set(per_day["device"]) == {device}
+    table = per_day.assign(day=per_day["day"].astype(str))
+    columns = ["day", "point", "changed_at", "old_value", "new_value", "change_kind"]
+    assert table[columns].values.tolist() == expected
+    stats = switch_stats(warehouse)
+    columns = ["point", "switch_ons", "switch_offs", "minutes_on", "minutes_off", "minutes_unknown"]
+    assert stats[columns].values.tolist() == [
+        [switch, 0, 0, 0.0, 12 * 60.0, 12 * 60.0],
+        [switch, 1, 1, 6 * 60.0, 18 * 60.0, 0.0],
+    ]
+    run(start="2026-01-12", end="2026-01-13")
+    pd.testing.assert_frame_equal(events(warehouse), per_day)
+    pd.testing.assert_frame_equal(switch_stats(warehouse), stats)
+    staged = query(warehouse, "SELECT tablename FROM pg_tables WHERE schemaname = 'mushroom_staging'")
+    assert staged.empty  # the baselines' staging table is gone with its run
+
+
+def test_per_day_runs_a_range_and_any_day_re_run_alone_give_the_same_events(
+    warehouse, tmp_path, monkeypatch
+):
+    use_config(monkeypatch, tmp_path, [])
+    insert_setpoints(warehouse, [
+        ("601", "air_cooler", "temp_set", 16.0, "2026-01-12 08:00"),
+        ("601", "air_cooler", "temp_set", 16.0, "2026-01-12 23:59"),
+        ("601", "air_cooler", "temp_set", 17.0, "2026-01-13 00:00"),
+        ("601", "air_cooler", "temp_set", 17.0, "2026-01-13 23:59"),
+        ("601", "air_cooler", "temp_set", 18.0, "2026-01-14 00:00"),
+        ("601", "air_cooler", "on_off", 0.0, "2026-01-12 00:00"),
+        ("601", "air_cooler", "on_off", 1.0, "2026-01-13 00:00"),
+        ("601", "air_cooler", "on_off", 1.0, "2026-01-13 12:00"),
+        ("601", "air_cooler", "on_off", 0.0, "2026-01-14 00:00"),
+        ("602", "fan", "mode", 1.0, "2026-01-12 10:00"),  # silent on the 13th
+        ("602", "fan", "mode", 2.0, "2026-01-14 00:00"),
+        ("602", "fan", "co2_on", 800.0, "2026-01-13 00:00"),  # first-ever: no change
+        ("602", "fan", "co2_on", 900.0, "2026-01-14 00:00"),
+    ])
+    days = ["2026-01-12", "2026-01-13", "2026-01-14"]
+    run(start=days[0], end=days[-1])
+    ranged, ranged_stats = events(warehouse), switch_stats(warehouse)
+    columns = ["room", "point", "changed_at", "old_value", "new_value", "change_kind"]
+    assert ranged[columns].values.tolist() == [
+        ["601", "on_off", at("2026-01-13 00:00"), 0.0, 1.0, "switched_on"],
+        ["601", "on_off", at("2026-01-14 00:00"), 1.0, 0.0, "switched_off"],
+        ["601", "temp_set", at("2026-01-13 00:00"), 16.0, 17.0, "changed"],
+        ["601", "temp_set", at("2026-01-14 00:00"), 17.0, 18.0, "changed"],
+        ["602", "co2_on", at("2026-01-14 00:00"), 800.0, 900.0, "changed"],
+        ["602", "mode", at("2026-01-14 00:00"), 1.0, 2.0, "changed"],
+    ]
+    for day in days:
+        for selection in ([setpoint_change_events], [setpoint_snapshots], [setpoint_change_events],
+                          [switch_daily_stats]):
+            run(day, selection=selection)
+            pd.testing.assert_frame_equal(events(warehouse), ranged)
+    pd.testing.assert_frame_equal(switch_stats(warehouse), ranged_stats)
+    reset_warehouse(warehouse)
+    for day in reversed(days):  # a day after the next one ran: it holds that day's baselines
+        run(day)
+    pd.testing.assert_frame_equal(events(warehouse), ranged)
+    pd.testing.assert_frame_equal(switch_stats(warehouse), ranged_stats)
+
+
+def test_a_slow_drift_adds_up_across_midnight_whatever_the_runs(warehouse, tmp_path, monkeypatch):
+    use_config(monkeypatch, tmp_path, [{"point": "temp_set", "kind": "analog", "deadband": 0.1}])
+    insert_setpoints(warehouse, [
+        ("601", "air_cooler", "temp_set", 16.0 + 0.04 * h / 24, at("2026-01-10") + pd.Timedelta(hours=h))
+        for h in range(4 * 24)  # 0.04 per day, a snapshot an hour
+    ])
+    days = ["2026-01-10", "2026-01-11", "2026-01-12", "2026-01-13"]
+
+    def fallbacks(result) -> int:
+        metadata = result.asset_materializations_for_node("setpoint_change_events")[0].metadata
+        return metadata["deadband_references_from_baseline"].value
+
+    results = [run(day) for day in days]
+    per_day = events(warehouse)
+    # the drift passes 0.1 from the first value at hour 61, on the third day, and never again
+    assert per_day[["changed_at", "old_value", "new_value"]].values.tolist() == [
+        [at("2026-01-12 13:00"), 16.0, 16.0 + 0.04 * 61 / 24]
+    ]
+    assert str(per_day["day"][0]) == "2026-01-12"
+    assert [fallbacks(result) for result in results] == [0, 0, 0, 0]
+    reset_warehouse(warehouse)
+    assert fallbacks(run(start=days[0], end=days[-1])) == 0
+    pd.testing.assert_frame_equal(events(warehouse), per_day)
+    for day in days:
+        assert fallbacks(run(day, selection=[setpoint_change_events])) == 0
+        pd.testing.assert_frame_equal(events(warehouse), per_day)
+    # without the reference of the 10th, the 11th starts from its baseline snapshot, and says so
+    reset_warehouse(warehouse)
+    assert fallbacks(run(start=days[1], end=days[-1])) == 1
+
+
+def test_the_late_setpoints_sensor_requests_the_changed_day_and_nothing_else(warehouse):
+    from mushroom_pipeline.definitions import defs
+    from mushroom_pipeline.setpoints.sensors import late_setpoints_sensor
+
+    assert defs.resolve_sensor_def("late_setpoints_sensor").job_name == "setpoints_job"
+    assert late_setpoints_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert late_setpoints_sensor.minimum_interval_seconds == 300
+    today = dt.datetime.now(dt.timezone.utc).date()
+    days = [today - dt.timedelta(days=n) for n in (3, 2, 1)]
+    insert_setpoints(warehouse, [
+        row for d in days for row in [
+            ("601", "air_cooler", "temp_set", 16.0, f"{d} 10:00"),
+            ("601", "air_cooler", "temp_set", 16.0, f"{d} 10:00"),  # folded: source_rows 2
+            ("601", "air_cooler", "temp_set", None, f"{d} 11:00"),  # quarantined
+            ("601", "air_cooler", "temp_set", 17.0, f"{d} 12:00"),  # the next day's baseline
+        ]
+    ])
+    instance = dg.DagsterInstance.ephemeral()
+    for day in days[1:]:  # the first day never ran: it holds only the next day's baseline
+        assert dg.materialize(ASSETS, partition_key=day.isoformat(), resources=database_resources(),
+                              instance=instance).success
+
+    def tick(cursor=None):
+        resources = database_resources()
+        with dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            resources={k: resources[k] for k in ("warehouse", "source_database")},
+            repository_def=defs.get_repository_def(),
+        ) as context:
+            return late_setpoints_sensor.evaluate_tick(context)
+
+    assert not tick().run_requests  # nothing arrived late yet
+
+    insert_setpoints(warehouse, [
+        ("601", "air_cooler", "temp_set", 18.0, f"{days[1]} 13:00"),  # late, for a materialized day
+        ("601", "air_cooler", "temp_set", 18.0, f"{today} 00:30"),  # today: the day is still open
+        ("601", "air_cooler", "temp_set", 18.0, f"{days[0]} 13:00"),  # a day never run
+    ])
+    with warehouse.begin() as conn:  # a purge: that day keeps what was stored
+        conn.exec_driver_sql("DELETE FROM iot.device_setpoints WHERE recorded_at = %s",
+                             (f"{days[2]} 11:00+00",))
+    first = tick()
+    assert [r.partition_key for r in first.run_requests] == [days[1].isoformat()]
+    assert not tick(first.cursor).run_requests  # already requested: not again

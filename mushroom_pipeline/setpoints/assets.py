@@ -16,13 +16,21 @@ from mushroom_pipeline.io.postgres import (
     column_types,
     markdown_preview,
     read_frame,
+    replace_table_slice,
 )
-from mushroom_pipeline.io.source import SourceLedger, SourceWindowConfig, quarantined_source
+from mushroom_pipeline.io.source import (
+    SourceLedger,
+    SourceWindowConfig,
+    quarantined_source,
+    time_slice,
+)
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 from mushroom_pipeline.setpoints.changes import (
     EVENT_TYPES,
+    REFERENCE_TYPES,
+    REFERENCES_TABLE,
     detect_changes,
     point_treatments,
 )
@@ -31,9 +39,9 @@ from mushroom_pipeline.setpoints.snapshots import (
     KEY,
     SOURCE_COLUMNS,
     SOURCE_TABLE,
-    find_baselines,
     quarantine_relation,
     snapshots_relation,
+    staged_baselines,
 )
 
 SNAPSHOTS_SCHEMA = column_schema(
@@ -42,9 +50,9 @@ SNAPSHOTS_SCHEMA = column_schema(
     ("point", "text"),
     ("value", "double precision"),
     ("recorded_at", "timestamptz"),
-    ("day", "date", "the partition day; a baseline row belongs to the first day of its run"),
-    ("source_rows", "bigint", "identical source rows folded into this snapshot"),
-    ("is_baseline", "boolean", "the point's last snapshot before the run's first day"),
+    ("day", "date", "the partition day; a baseline row belongs to the day it opens"),
+    ("source_rows", "bigint", "identical source rows folded into this snapshot (0: a baseline)"),
+    ("is_baseline", "boolean", "a copy of the point's last snapshot before the day"),
 )
 QUARANTINE_SCHEMA = column_schema(
     ("room", "text"),
@@ -69,16 +77,19 @@ SWITCH_STATS_SCHEMA = column_schema(
     ("minutes_unknown", "double precision", "before the point's first-ever snapshot"),
 )
 QUARANTINE_TABLE = "setpoint_snapshots_quarantine"
-# Baseline rows repeat an earlier snapshot: they hold no source row of their day.
+# Baseline rows repeat an earlier snapshot: they hold no source row of their day (and a day
+# that was not materialized may hold only the next day's baselines: 0, not NULL).
 SETPOINTS_LEDGER = SourceLedger(
     SOURCE_TABLE, "recorded_at",
-    ("setpoint_snapshots", "sum(source_rows) FILTER (WHERE NOT is_baseline)"), QUARANTINE_TABLE,
+    ("setpoint_snapshots", "coalesce(sum(source_rows) FILTER (WHERE NOT is_baseline), 0)"),
+    QUARANTINE_TABLE,
 )
 
 
 @dg.asset(
-    description="The day's valid snapshots of iot.device_setpoints (repeats folded) plus each "
-    "point's last snapshot before the day, its baseline. Invalid rows go to "
+    description="The day's valid snapshots of iot.device_setpoints (repeats folded) plus, for "
+    "each point with snapshots that day, its last snapshot before the day, its baseline. Invalid "
+    "rows go to "
     f"mushroom.{QUARANTINE_TABLE} with their reason.",
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
@@ -104,17 +115,19 @@ def setpoint_snapshots(
         quarantine_relation,
         column_types(QUARANTINE_SCHEMA),
         config.allow_shrink,
-    ) as source:
-        baselines = find_baselines(source_database, window)
+    ) as source, staged_baselines(
+        source_database, warehouse, window, f"setpoint_baselines_{context.run_id}"
+    ) as (earlier, found):
         yield dg.Output(
-            snapshots_relation(source.table, window, baselines),
-            metadata={**source.metadata(), "baselines": len(baselines)},
+            snapshots_relation(source.table, window, earlier),
+            metadata={**source.metadata(), "baselines_before_window": found},
         )
 
 
 @dg.asset(
     description="One row per change of a tracked device point (../shared/CONTRACTS.md): exactly "
-    "once across midnight and run boundaries; switches as switched_on / switched_off.",
+    "once across midnight and run boundaries; switches as switched_on / switched_off. The "
+    f"reference of each deadband point at each day's end goes to mushroom.{REFERENCES_TABLE}.",
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -131,11 +144,20 @@ def setpoint_change_events(
     config = load_point_config()
     with warehouse.begin() as conn:
         treatments = point_treatments(conn, setpoint_snapshots.sql, config)
-        events = detect_changes(conn, setpoint_snapshots.sql, treatments)
+        changes = detect_changes(conn, setpoint_snapshots.sql, treatments)
+    # Written first, as the quarantine is: a failed write of the events re-runs both.
+    replace_table_slice(
+        warehouse,
+        time_slice(REFERENCES_TABLE, "day", context.partition_time_window),
+        changes.references,
+        REFERENCE_TYPES,
+    )
+    events = changes.events
     excluded = treatments[treatments["excluded"]]
     context.log.info(
         f"{len(events)} change events from {len(treatments)} points "
-        f"({len(excluded)} excluded by {config.source})"
+        f"({len(excluded)} excluded by {config.source}); {changes.references_from_baseline} "
+        "deadband point(s) started from their baseline snapshot (no stored reference)"
     )
     latest = events.sort_values("changed_at", ascending=False)
     yield dg.Output(
@@ -148,6 +170,7 @@ def setpoint_change_events(
             "points_excluded": len(excluded),
             "excluded_points": dg.MetadataValue.json(sorted(set(excluded["point"]))),
             "point_config": config.source,
+            "deadband_references_from_baseline": changes.references_from_baseline,
             "latest_events": markdown_preview(latest),
         },
     )

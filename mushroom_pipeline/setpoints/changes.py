@@ -2,16 +2,21 @@
 
 Points without a deadband are compared in SQL (LAG over the snapshots, baselines included).
 An analog point with a deadband is compared with its last *reported* value, which needs the
-snapshots in order: that runs in Python, over those points' snapshots only.
+snapshots in order: that runs in Python, over those points' snapshots only. The reported value
+carries across days: each run returns, per day and point, the reference in force at the day's
+end (stored in mushroom.setpoint_deadband_references), and a point's first day of a run starts
+from the reference stored for its baseline's day, else from the baseline snapshot itself.
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from mushroom_pipeline.io.postgres import read_frame
+from mushroom_pipeline.io.postgres import copy_frame, read_frame
 from mushroom_pipeline.setpoints.config import PointConfig
-from mushroom_pipeline.setpoints.snapshots import KEY, values_table
+from mushroom_pipeline.setpoints.snapshots import KEY
 
 EVENT_TYPES = {
     "day": "date",
@@ -23,7 +28,25 @@ EVENT_TYPES = {
     "new_value": "double precision",
     "change_kind": "text",
 }
+REFERENCES_TABLE = "setpoint_deadband_references"
+REFERENCE_TYPES = {
+    "day": "date",
+    "room": "text",
+    "device": "text",
+    "point": "text",
+    "reference": "double precision",
+}
 TREATMENT_COLUMNS = ["room", "device", "point", "kind", "deadband", "excluded", "configured"]
+POINT_TYPES = {"room": "text", "device": "text", "point": "text", "kind": "text",
+               "deadband": "double precision"}
+POINTS_TABLE = "tracked_points"  # temporary: lives as long as the caller's transaction
+
+
+@dataclass(frozen=True)
+class Changes:
+    events: pd.DataFrame  # EVENT_TYPES
+    references: pd.DataFrame  # REFERENCE_TYPES: per day and deadband point, at the day's end
+    references_from_baseline: int  # deadband points whose previous reference was not stored
 
 
 def point_treatments(connection: sa.Connection, snapshots_sql: str, config: PointConfig) -> pd.DataFrame:
@@ -36,26 +59,29 @@ def point_treatments(connection: sa.Connection, snapshots_sql: str, config: Poin
     return pd.DataFrame(rows, columns=TREATMENT_COLUMNS)
 
 
-def detect_changes(connection: sa.Connection, snapshots_sql: str, treatments: pd.DataFrame) -> pd.DataFrame:
+def detect_changes(connection: sa.Connection, snapshots_sql: str, treatments: pd.DataFrame) -> Changes:
+    """Runs in one transaction of `connection`: the tracked points go in by COPY to a temporary
+    table that the queries join."""
     tracked = treatments[~treatments["excluded"]]
-    exact = tracked[tracked["deadband"] == 0]
-    banded = tracked[tracked["deadband"] > 0]
-    frames = [_exact_changes(connection, snapshots_sql, exact)]
-    if len(banded):
-        frames.append(_deadband_changes(connection, snapshots_sql, banded))
-    events = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
-    return events.sort_values(["changed_at", "room", "device", "point"], ignore_index=True)
-
-
-def _points_table(points: pd.DataFrame) -> str:
-    return values_table(
-        list(points[["room", "device", "point", "kind"]].itertuples(index=False)),
-        ["room", "device", "point", "kind"],
-        ["text"] * 4,
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {POINTS_TABLE} "
+        f"({', '.join(f'{c} {t}' for c, t in POINT_TYPES.items())}) ON COMMIT DROP"
+    )
+    copy_frame(connection, POINTS_TABLE, tracked[list(POINT_TYPES)], POINT_TYPES)
+    exact = _exact_changes(connection, snapshots_sql)
+    if (tracked["deadband"] > 0).any():
+        banded = _deadband_changes(connection, snapshots_sql, exact["changed_at"].dt.tz)
+    else:
+        banded = Changes(exact.iloc[:0], pd.DataFrame(columns=list(REFERENCE_TYPES)), 0)
+    events = pd.concat([f for f in (exact, banded.events) if len(f)] or [exact], ignore_index=True)
+    return Changes(
+        events.sort_values(["changed_at", "room", "device", "point"], ignore_index=True),
+        banded.references,
+        banded.references_from_baseline,
     )
 
 
-def _exact_changes(connection, snapshots_sql: str, points: pd.DataFrame) -> pd.DataFrame:
+def _exact_changes(connection, snapshots_sql: str) -> pd.DataFrame:
     return read_frame(
         connection,
         f"""
@@ -63,9 +89,12 @@ def _exact_changes(connection, snapshots_sql: str, points: pd.DataFrame) -> pd.D
                CASE WHEN kind <> 'switch' THEN 'changed'
                     WHEN new_value = 1 THEN 'switched_on' ELSE 'switched_off' END AS change_kind
         FROM (
+            -- a baseline sorts after the snapshot it copies (the next day's, in a range)
             SELECT {KEY}, kind, is_baseline, recorded_at AS changed_at, value AS new_value,
-                   lag(value) OVER (PARTITION BY {KEY} ORDER BY recorded_at) AS old_value
-            FROM ({snapshots_sql}) s JOIN {_points_table(points)} USING ({KEY})
+                   lag(value) OVER (PARTITION BY {KEY} ORDER BY recorded_at, is_baseline)
+                       AS old_value
+            FROM ({snapshots_sql}) s JOIN {POINTS_TABLE} p USING ({KEY})
+            WHERE p.deadband = 0
         ) l
         WHERE NOT is_baseline AND old_value IS NOT NULL AND new_value <> old_value
         """,
@@ -73,31 +102,53 @@ def _exact_changes(connection, snapshots_sql: str, points: pd.DataFrame) -> pd.D
     )
 
 
-def _deadband_changes(connection, snapshots_sql: str, points: pd.DataFrame) -> pd.DataFrame:
+def _stored_references(connection) -> str:
+    """The stored references' table, or an empty one before the first deadband run."""
+    table = f"mushroom.{REFERENCES_TABLE}"
+    if connection.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is not None:
+        return table
+    nulls = ", ".join(f"NULL::{t} AS {c}" for c, t in REFERENCE_TYPES.items())
+    return f"(SELECT {nulls} WHERE false)"
+
+
+def _deadband_changes(connection, snapshots_sql: str, zone) -> Changes:
+    s_key = "s.room, s.device, s.point"
     snapshots = read_frame(
         connection,
-        f"SELECT {KEY}, value, recorded_at, is_baseline FROM ({snapshots_sql}) s "
-        f"JOIN {_points_table(points)} USING ({KEY}) ORDER BY {KEY}, recorded_at",
+        f"SELECT {s_key}, s.value, s.recorded_at, s.day, s.is_baseline, p.deadband, "
+        "r.reference AS stored "
+        f"FROM ({snapshots_sql}) s JOIN {POINTS_TABLE} p USING ({KEY}) "
+        f"LEFT JOIN {_stored_references(connection)} r ON s.is_baseline "
+        "AND r.day = s.recorded_at::date AND (r.room, r.device, r.point) = (s.room, s.device, s.point) "
+        # a baseline sorts after the snapshot it copies: it only ever opens a point's first day
+        f"WHERE p.deadband > 0 ORDER BY {s_key}, s.recorded_at, s.is_baseline",
         {"room": "text", "device": "text", "point": "text", "value": "double precision",
-         "recorded_at": "timestamptz", "is_baseline": "boolean"},
+         "recorded_at": "timestamptz", "day": "date", "is_baseline": "boolean",
+         "deadband": "double precision", "stored": "double precision"},
     )
-    deadbands = points.set_index(["room", "device", "point"])["deadband"]
-    rows = []
+    events, references, from_baseline = [], {}, 0
     for key, group in snapshots.groupby(["room", "device", "point"], sort=False):
-        values = group["value"].to_numpy()
-        times = group["recorded_at"].to_numpy()
-        baseline = group["is_baseline"].to_numpy()
-        reported = values[0]
         # a hair over the deadband: 16.50 → 16.55 is not a change of a 0.05 deadband
-        threshold = deadbands[key] + 1e-9
-        for i in range(1, len(values)):
-            if abs(values[i] - reported) > threshold and not baseline[i]:
-                rows.append((*key, times[i], reported, values[i]))
-                reported = values[i]
-    events = pd.DataFrame(rows, columns=["room", "device", "point", "changed_at", "old_value", "new_value"])
-    events["changed_at"] = pd.to_datetime(events["changed_at"], utc=True).dt.tz_convert(
-        snapshots["recorded_at"].dt.tz if len(snapshots) else "UTC"
+        threshold = group["deadband"].iloc[0] + 1e-9
+        reported = None
+        for value, at, day, is_baseline, stored in zip(
+            group["value"], group["recorded_at"], group["day"], group["is_baseline"], group["stored"]
+        ):
+            if is_baseline:
+                if reported is None:
+                    from_baseline += int(np.isnan(stored))
+                    reported = value if np.isnan(stored) else stored
+                continue
+            if reported is None:
+                reported = value  # the point's first-ever snapshot: no change
+            elif abs(value - reported) > threshold:
+                events.append((day, *key, at, reported, value, "changed"))
+                reported = value
+            references[(day, *key)] = reported
+    frame = pd.DataFrame(events, columns=list(EVENT_TYPES))
+    frame["changed_at"] = pd.to_datetime(frame["changed_at"], utc=True).dt.tz_convert(zone)
+    return Changes(
+        frame.astype({"old_value": np.float64, "new_value": np.float64}),
+        pd.DataFrame([(*k, v) for k, v in references.items()], columns=list(REFERENCE_TYPES)),
+        from_baseline,
     )
-    events.insert(0, "day", events["changed_at"].dt.date)
-    events["change_kind"] = "changed"
-    return events[list(EVENT_TYPES)].astype({"old_value": np.float64, "new_value": np.float64})
