@@ -20,7 +20,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# Dagster's storage created and migrated once (repaired if a concurrent start broke it), then
+# the webserver and daemon, which find it ready
 ui: install
+	$(BIN)/mushroom-pipeline db repair-storage
 	$(BIN)/mushroom-pipeline ui
 
 benchmark: install

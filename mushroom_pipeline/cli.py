@@ -3,7 +3,10 @@
 import argparse
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mushroom_pipeline import embedded
@@ -32,7 +35,16 @@ def cmd_env(settings: Settings, args) -> None:
 
 
 def cmd_db(settings: Settings, args) -> None:
-    if args.action == "stop":
+    if args.action == "repair-storage":
+        # Dagster's storage: repair alembic_version, create what is missing, migrate (as
+        # `dagster instance migrate`), under the storage's lock; the one-shot migrate step too
+        from mushroom_pipeline.dagster_storage import BrokenStorageError, repair_storage
+
+        try:
+            repair_storage(settings)
+        except BrokenStorageError as err:
+            sys.exit(str(err))
+    elif args.action == "stop":
         print("stopped" if embedded.stop(settings.home) else "not running")
     elif settings.database_url:
         print("MUSHROOM_DATABASE_URL is set: no embedded server to manage", file=sys.stderr)
@@ -47,15 +59,49 @@ def cmd_demo(settings: Settings, args) -> None:
     run_demo(settings, days=args.days)
 
 
+UI_STOP_GRACE_S = 7  # then the stragglers are killed: Ctrl-C returns the terminal within 10 s
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the whole group (webserver, daemon, code servers, run workers), SIGKILL to
+    whatever still runs after `grace_s`: `dagster dev` alone can take over 30 s to wind down."""
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            process.poll()  # reaps the leader, so its group can empty
+            time.sleep(0.1)
+
+
 def cmd_ui(settings: Settings, args) -> None:
     variables = prepare_dagster_home(settings)
     print(f"Dagster UI: http://{args.host}:{args.port}  (DAGSTER_HOME={variables['DAGSTER_HOME']})")
-    os.execvpe(
-        sys.executable,
+    # Its own process group, supervised here: Ctrl-C or SIGTERM stops every process it started.
+    process = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
          "-h", args.host, "-p", str(args.port)],
-        os.environ,
+        env=os.environ, start_new_session=True,
     )
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        print("Stopping the Dagster UI (webserver, daemon, code servers)...", file=sys.stderr)
+        stop_process_group(process, UI_STOP_GRACE_S)
+        code = 0
+    raise SystemExit(code)
 
 
 def cmd_search(settings: Settings, args) -> None:
@@ -91,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("env", help="print the Dagster variables (eval \"$(... env)\")")
     db = commands.add_parser("db", help="the embedded Postgres: start (prints its URL) or stop")
-    db.add_argument("action", choices=["start", "stop"])
+    db.add_argument("action", choices=["start", "stop", "repair-storage"],
+                    help="start/stop the embedded Postgres; repair-storage: repair and migrate "
+                         "Dagster's storage (the one-shot step before webserver and daemon)")
     demo = commands.add_parser("demo", help="seed a demo farm and materialize every asset")
     demo.add_argument("--days", type=int, default=7)
     ui = commands.add_parser("ui", help="the Dagster UI (webserver + daemon)")

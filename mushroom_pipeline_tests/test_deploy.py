@@ -1,9 +1,11 @@
 """What can be validated of the deployment without a Docker engine or a cluster: the compose
 file against the Compose specification's schema, healthchecks and healthy-dependency waits, the
-instance and workspace files Dagster loads, and the Helm values' shape."""
+one-shot storage migration the Dagster services wait for (compose and Helm), the instance and
+workspace files Dagster loads, and the Helm values' shape."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,18 +29,51 @@ def test_the_compose_file_follows_the_compose_specification():
     jsonschema.validate(compose(), schema)
 
 
+ONE_SHOT = {"minio-bucket", "migrate"}  # jobs that run once: the others wait for them to complete
+
+
 def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies():
     services = compose()["services"]
     assert {"postgres", "minio", "user_code", "webserver", "daemon"} <= set(services)
     for name, service in services.items():
-        if name == "minio-bucket":  # a one-shot job: the others wait for it to complete
-            continue
-        assert "healthcheck" in service, name
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+        else:
+            assert "healthcheck" in service, name
         for dependency, condition in service.get("depends_on", {}).items():
-            wanted = ("service_completed_successfully" if dependency == "minio-bucket"
+            wanted = ("service_completed_successfully" if dependency in ONE_SHOT
                       else "service_healthy")
             assert condition == {"condition": wanted}, (name, dependency)
     assert services["postgres"]["image"].startswith("pgvector/")
+
+
+def _repair_storage_is_a_command():
+    completed = subprocess.run([BIN / "mushroom-pipeline", "db", "--help"], capture_output=True,
+                               text=True, timeout=60, check=True)
+    assert "repair-storage" in completed.stdout
+
+
+STORAGE_MIGRATION = ["mushroom-pipeline", "db", "repair-storage"]
+
+
+def test_compose_migrates_dagster_storage_once_before_the_dagster_services():
+    """Issue 15: webserver, daemon and code server started together on a new database corrupt
+    Dagster's storage; the one-shot `migrate` service initializes it first, and they wait."""
+    document = compose()
+    services = document["services"]
+    migrate = services["migrate"]
+    assert migrate["command"] == STORAGE_MIGRATION
+    assert migrate["image"] == services["user_code"]["image"]
+    assert migrate["environment"] == document["x-mushroom-env"]  # the same storage URL
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name in ("user_code", "webserver", "daemon"):
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"}, name
+    # nothing else of Dagster's starts without waiting for it
+    dagster_services = {name for name, service in services.items()
+                        if service.get("image") == migrate["image"] and name != "migrate"}
+    assert dagster_services == {"user_code", "webserver", "daemon"}
+    _repair_storage_is_a_command()
 
 
 def test_the_compose_environment_speaks_the_contract():
@@ -71,8 +106,31 @@ def test_both_workspaces_load():
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
 
 
+HELM = REPO / "deploy" / "helm"
+
+
+def helm_values() -> dict:
+    return yaml.safe_load((HELM / "values.yaml").read_text())
+
+
+def render(template: Path, values: dict, release: str = "mushroom") -> dict:
+    """Helm's rendering of a template whose expressions are all plain `{{ .Values.a.b }}` or
+    `{{ .Release.Name }}` (the hook is written so): enough to read the manifest Helm applies."""
+    def resolve(match: re.Match) -> str:
+        path = match.group(1).strip()
+        if path == ".Release.Name":
+            return release
+        assert path.startswith(".Values."), path
+        value = values
+        for key in path.removeprefix(".Values.").split("."):
+            value = value[key]  # a KeyError here is a value the template needs and lacks
+        return str(value)
+
+    return yaml.safe_load(re.sub(r"{{(.*?)}}", resolve, template.read_text()))
+
+
 def test_the_helm_values_configure_kubernetes_runs_and_the_code_location():
-    values = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())
+    values = helm_values()["dagster"]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "mushroom_pipeline.definitions"]
@@ -82,3 +140,41 @@ def test_the_helm_values_configure_kubernetes_runs_and_the_code_location():
     tags = defs.resolve_assets_def("image_embeddings").node_def.tags["dagster-k8s/config"]
     config = tags if isinstance(tags, dict) else json.loads(tags)
     assert config["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_helm_migrates_dagster_storage_in_a_hook_before_the_release_starts():
+    """The chart's webserver and daemon take no init containers of ours, so the migration is a
+    pre-install/pre-upgrade hook Job of the release: Helm runs it to completion before it creates
+    or updates anything else, and stops if it fails."""
+    import dagster as dg
+
+    chart = yaml.safe_load((HELM / "Chart.yaml").read_text())
+    [dependency] = chart["dependencies"]
+    assert (dependency["name"], dependency["version"]) == ("dagster", dg.__version__)
+    assert dependency["repository"] == "https://dagster-io.github.io/helm"
+
+    values = helm_values()
+    templates = sorted(path.name for path in (HELM / "templates").iterdir())
+    assert templates == ["storage-migration-job.yaml"]
+    job = render(HELM / "templates" / "storage-migration-job.yaml", values)
+    assert job["kind"] == "Job" and job["apiVersion"] == "batch/v1"
+    annotations = job["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    [container] = pod["containers"]
+    assert container["command"] == STORAGE_MIGRATION
+    # the code location's image and MUSHROOM_* secret: the same code and the same storage
+    deployment = values["dagster"]["dagster-user-deployments"]["deployments"][0]
+    image = deployment["image"]
+    assert container["image"] == f"{image['repository']}:{image['tag']}"
+    [secret] = container["envFrom"]
+    assert secret["secretRef"] in deployment["envSecrets"]
+    assert secret["secretRef"] in values["dagster"]["runLauncher"]["config"]["k8sRunLauncher"][
+        "envSecrets"]
+    # the storage it migrates is the chart's: database `dagster`; the chart's own migrate Job
+    # (which nothing waits for) stays off
+    assert values["dagster"]["postgresql"]["postgresqlDatabase"] == "dagster"
+    assert values["dagster"]["migrate"] == {"enabled": False}
+    _repair_storage_is_a_command()
