@@ -1,11 +1,14 @@
 """Issue 15: concurrent first starts, and a storage that one broke.
 
-Three `dagster asset materialize` processes started at the same moment on a fresh setup, as
-`docker compose up` starts webserver, daemon and code server on a new database: all succeed,
-a later run too, and every warehouse row exists once. Once with the embedded server (the three
-race to initdb and start it), once with MUSHROOM_DATABASE_URL on a fresh database of another
-server (they race to create database `dagster` and Dagster's tables). Then an `alembic_version`
-broken the way such races leave it, and its repair.
+- Three `dagster asset materialize` processes started at the same moment on a fresh setup, as
+  `docker compose up` starts webserver, daemon and code server on a new database: all succeed,
+  a later run too, and every warehouse row exists once. Once with the embedded server (the three
+  race to initdb, to start it and to create its databases), once with MUSHROOM_DATABASE_URL on a
+  fresh database of another server (they race to create database `dagster` and Dagster's
+  tables, and to set up the first concurrency pool).
+- The same races without the timing luck of whole processes: forked processes released by a
+  barrier at the same instant.
+- An `alembic_version` broken the way such races leave it, and its repair.
 """
 
 import logging
@@ -20,7 +23,6 @@ from unittest import mock
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-import yaml
 from alembic.util import CommandError
 from dagster._core.storage.sql import check_alembic_revision
 from dagster_postgres.utils import pg_alembic_config
@@ -71,6 +73,9 @@ def _rows(url: str, sql: str) -> list[tuple]:
         rows = [tuple(row) for row in conn.exec_driver_sql(sql)]
     engine.dispose()
     return rows
+
+
+# --- whole processes -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +164,32 @@ def test_three_materializations_at_once_on_a_fresh_database_url(other_server, tm
     _assert_each_row_once_and_storage_sound(warehouse_url, dagster_url)
 
 
+# --- at the same instant -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def storage_url(embedded_server, monkeypatch):
+    """A fresh Dagster storage database on the test server, the one MUSHROOM_* points at."""
+    name = "dagster_repair_test"
+    admin = _engine(sa.make_url(embedded_server).set(database="postgres"),
+                    isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    url = sa.make_url(embedded_server).set(database=name).render_as_string(False)
+    monkeypatch.setenv("MUSHROOM_DAGSTER_STORAGE_URL", url)
+    return url
+
+
+def _instance(tmp_path: Path) -> dg.DagsterInstance:
+    """A Dagster process starting: the project's dagster.yaml (MushroomPostgresStorage)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    return dg.DagsterInstance.from_config(str(home))
+
+
 def _dagster_process(barrier, variables: dict, dagster_home: str, results) -> None:
     """A forked Dagster process: opens the instance, then claims a concurrency pool, each at the
     same instant as the others (a barrier before each)."""
@@ -233,29 +264,6 @@ def test_a_pool_first_claimed_by_processes_at_the_same_instant(storage_url, tmp_
 # --- a broken alembic_version --------------------------------------------------------------------
 
 
-@pytest.fixture
-def storage_url(embedded_server, monkeypatch):
-    """A fresh Dagster storage database on the test server, the one MUSHROOM_* points at."""
-    name = "dagster_repair_test"
-    admin = _engine(sa.make_url(embedded_server).set(database="postgres"),
-                    isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    url = sa.make_url(embedded_server).set(database=name).render_as_string(False)
-    monkeypatch.setenv("MUSHROOM_DAGSTER_STORAGE_URL", url)
-    return url
-
-
-def _instance(tmp_path: Path) -> dg.DagsterInstance:
-    """A Dagster process starting: the project's dagster.yaml (MushroomPostgresStorage)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    return dg.DagsterInstance.from_config(str(home))
-
-
 def _alembic_rows(url: str) -> list[str]:
     return sorted(row[0] for row in _rows(url, "SELECT version_num FROM alembic_version"))
 
@@ -310,6 +318,9 @@ def test_different_alembic_revisions_fail_with_the_command_and_the_command_repai
     # and on a sound storage the command is the plain one-shot migrate step
     main(["db", "repair-storage"])
     assert "alembic_version is sound" in capsys.readouterr().out
+
+
+# --- the embedded server -------------------------------------------------------------------------
 
 
 def test_the_embedded_server_starts_once_for_processes_starting_together(tmp_path):
