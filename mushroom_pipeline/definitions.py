@@ -26,6 +26,7 @@ from mushroom_pipeline.automation.sensors import (
     late_env_readings_sensor,
     new_images_sensor,
 )
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.io.postgres import PostgresPandasIOManager
 from mushroom_pipeline.objectstore import ObjectStoreResource
@@ -63,7 +64,22 @@ def object_store_resource() -> ObjectStoreResource:
     )
 
 
+def farm_catalog_resource() -> FarmCatalogResource:
+    """The catalog files named by the variables (else the shipped ones), checked now: a broken
+    file stops the code location from loading with a message naming the file and variable."""
+    catalog = FarmCatalogResource(
+        metrics_path=_env_var("MUSHROOM_METRIC_CATALOG"),
+        points_path=_env_var("MUSHROOM_SETPOINT_CONFIG"),
+    )
+    FarmCatalogResource(
+        metrics_path=os.environ.get("MUSHROOM_METRIC_CATALOG", "").strip() or None,
+        points_path=os.environ.get("MUSHROOM_SETPOINT_CONFIG", "").strip() or None,
+    ).validate()
+    return catalog
+
+
 def database_resources() -> dict[str, object]:
+    """What the Postgres assets need: both databases, the I/O manager and the farm's catalog."""
     common = {"home": str(SETTINGS.home), "timezone": SETTINGS.timezone}
     warehouse = PostgresResource(url=_env_var("MUSHROOM_DATABASE_URL"), **common)
     if _env_var("MUSHROOM_SOURCE_DATABASE_URL"):
@@ -78,6 +94,7 @@ def database_resources() -> dict[str, object]:
         "warehouse": warehouse,
         "source_database": source,
         "io_manager": PostgresPandasIOManager(database=warehouse),
+        "farm_catalog": farm_catalog_resource(),
     }
 
 

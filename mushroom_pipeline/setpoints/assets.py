@@ -10,6 +10,7 @@ from mushroom_pipeline.checks.setpoints import (
     no_duplicates_spec,
     unconfigured_spec,
 )
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.io.postgres import (
     PostgresRelation,
     column_schema,
@@ -34,7 +35,6 @@ from mushroom_pipeline.setpoints.changes import (
     detect_changes,
     point_treatments,
 )
-from mushroom_pipeline.setpoints.config import load_point_config
 from mushroom_pipeline.setpoints.snapshots import (
     KEY,
     SOURCE_COLUMNS,
@@ -139,9 +139,10 @@ def setpoint_snapshots(
 def setpoint_change_events(
     context: dg.AssetExecutionContext,
     warehouse: PostgresResource,
+    farm_catalog: FarmCatalogResource,
     setpoint_snapshots: PostgresRelation,
 ):
-    config = load_point_config()
+    config = farm_catalog.points()
     with warehouse.begin() as conn:
         treatments = point_treatments(conn, setpoint_snapshots.sql, config)
         changes = detect_changes(conn, setpoint_snapshots.sql, treatments)

@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from mushroom_pipeline.io.postgres import copy_frame, read_frame
-from mushroom_pipeline.setpoints.config import PointConfig
+from mushroom_pipeline.catalog.points import PointConfig
 from mushroom_pipeline.setpoints.snapshots import KEY
 
 EVENT_TYPES = {
