@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.definitions import database_resources
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 
@@ -236,7 +237,7 @@ def test_a_separate_source_database_is_staged_and_cleaned_up(warehouse, embedded
         conn.exec_driver_sql("DROP SCHEMA iot CASCADE")  # the warehouse has no source rows
     result = dg.materialize(ASSETS, partition_key="2026-01-13", resources={
         "source_database": source, "warehouse": warehouse,
-        "io_manager": PostgresPandasIOManager(database=warehouse),
+        "io_manager": PostgresPandasIOManager(database=warehouse), "farm_catalog": FarmCatalogResource(),
     })
     assert result.success
     table = stats(warehouse).set_index(["room", "metric"])
@@ -244,3 +245,91 @@ def test_a_separate_source_database_is_staged_and_cleaned_up(warehouse, embedded
     assert len(query(warehouse, "SELECT * FROM mushroom.env_readings_quarantine")) == 8
     leftovers = query(warehouse, "SELECT tablename FROM pg_tables WHERE schemaname = 'mushroom_staging'")
     assert leftovers.empty
+
+
+# The farm's platform reports `temperature`, `humidity`, `co2`: aliases of the contract's names.
+ALIASED_DAY = [
+    ("607", "temperature", 16.0, "2026-01-13 00:00"),
+    ("607", "temperature", 75.0, "2026-01-13 00:01"),  # outside temperature_c's range
+    ("607", "temperature_c", 18.0, "2026-01-13 00:02"),  # the canonical name, the same day
+    ("607", " Humidity ", 90.0, "2026-01-13 00:00"),  # case and blanks do not matter
+    ("607", "humidity", -1.0, "2026-01-13 00:01"),
+    ("607", "co2", 1000.0, "2026-01-13 00:00"),  # one reading under two names at one instant:
+    ("607", "co2_ppm", 1100.0, "2026-01-13 00:00"),  # a duplicate, folded into its mean
+    ("607", "co2", 50000.5, "2026-01-13 00:05"),
+    ("607", "light", 250.0, "2026-01-13 00:00"),  # not in the catalog: its own name, no range
+    ("607", "light", 1e9, "2026-01-13 00:01"),
+]
+
+
+def test_aliases_are_validated_and_aggregated_as_one_canonical_metric(warehouse):
+    insert_readings(warehouse, ALIASED_DAY)
+    result = run("2026-01-13")
+    assert result.success
+    table = stats(warehouse).set_index("metric")
+    assert sorted(table.index) == ["co2_ppm", "humidity_pct", "light", "temperature_c"]  # one row each
+    assert table.loc["temperature_c", "n"] == 2
+    assert table.loc["temperature_c", "mean"] == 17.0
+    assert table.loc["temperature_c", "source_metrics"] == "temperature, temperature_c"
+    assert table.loc["humidity_pct", "source_metrics"] == " Humidity "
+    assert table.loc["co2_ppm", "n"] == 1 and table.loc["co2_ppm", "mean"] == 1050.0
+    assert table.loc["co2_ppm", "duplicate_rows"] == 1
+    assert table.loc["light", "n"] == 2  # no range: 1e9 is a valid reading of an unknown metric
+    reading = query(warehouse, "SELECT source_rows, source_metrics FROM mushroom.env_readings "
+                               "WHERE metric = 'co2_ppm'").iloc[0]
+    assert reading["source_rows"] == 2 and list(reading["source_metrics"]) == ["co2", "co2_ppm"]
+    quarantine = query(warehouse, "SELECT metric, source_metric, value, reason FROM "
+                                  "mushroom.env_readings_quarantine ORDER BY metric")
+    assert quarantine.values.tolist() == [
+        ["co2_ppm", "co2", 50000.5, "out_of_range"],
+        ["humidity_pct", "humidity", -1.0, "out_of_range"],
+        ["temperature_c", "temperature", 75.0, "out_of_range"],
+    ]
+    metadata = result.asset_materializations_for_node("env_daily_stats")[0].metadata
+    assert metadata["metrics_without_range"].value == ["light"]
+    assert metadata["source_metric_names"].value["temperature_c"] == ["temperature", "temperature_c"]
+    assert metadata["mean_temperature_c"].value == 17.0
+
+
+def test_a_farm_replaces_the_metric_catalog_through_its_variable(warehouse, tmp_path, monkeypatch):
+    catalog = tmp_path / "metrics.yaml"
+    catalog.write_text(
+        "metrics:\n"
+        "  temperature_c: {unit: °C, range: [-20, 60], aliases: [temp]}\n"
+        "  humidity_pct: {unit: '%', range: [0, 100], aliases: [humidity]}\n"
+        "  co2_ppm: {unit: ppm, range: [0, 50000], aliases: [co2]}\n"
+        "  light_lux: {unit: lx, range: [0, 100000], aliases: [light]}\n"
+    )
+    monkeypatch.setenv("MUSHROOM_METRIC_CATALOG", str(catalog))
+    insert_readings(warehouse, ALIASED_DAY + [("607", "temp", 17.0, "2026-01-13 00:03")])
+    assert run("2026-01-13").success
+    table = stats(warehouse).set_index("metric")
+    # `temperature` is no name of this catalog: a metric of its own, without range
+    assert sorted(table.index) == ["co2_ppm", "humidity_pct", "light_lux", "temperature",
+                                   "temperature_c"]
+    assert table.loc["temperature_c", "source_metrics"] == "temp, temperature_c"
+    assert table.loc["light_lux", "n"] == 1  # 1e9 is outside this catalog's range
+    assert query(warehouse, "SELECT reason FROM mushroom.env_readings_quarantine "
+                            "WHERE metric = 'light_lux'")["reason"].tolist() == ["out_of_range"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("metrics: {temperature_c: {range: [60, -20]}}", "is empty"),
+    ("metrics: {temperature_c: {range: [-20, 60], aliases: [co2]}, co2_ppm: {range: [0, 1], aliases: [CO2]}}",
+     "belongs to"),
+    ("metrics: [temperature_c]", "no `metrics:` mapping"),
+])
+def test_a_broken_metric_catalog_stops_the_code_location_naming_file_and_variable(
+        tmp_path, monkeypatch, content, message):
+    from mushroom_pipeline.catalog.points import CatalogError
+    from mushroom_pipeline.definitions import farm_catalog_resource
+
+    catalog = tmp_path / "metrics.yaml"
+    catalog.write_text(content)
+    monkeypatch.setenv("MUSHROOM_METRIC_CATALOG", str(catalog))
+    with pytest.raises(CatalogError, match=message) as raised:
+        farm_catalog_resource()
+    assert str(catalog) in str(raised.value)
+    monkeypatch.setenv("MUSHROOM_METRIC_CATALOG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(CatalogError, match="MUSHROOM_METRIC_CATALOG: cannot read"):
+        farm_catalog_resource()

@@ -7,6 +7,7 @@ import time
 import dagster as dg
 import pytest
 
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.io.postgres import PostgresPandasIOManager
 from mushroom_pipeline.resources import DatabaseUnavailableError, PostgresResource
@@ -75,6 +76,7 @@ def test_a_run_against_an_unreachable_source_fails_fast_with_the_message():
             "source_database": source,
             "warehouse": source,
             "io_manager": PostgresPandasIOManager(database=source),
+            "farm_catalog": FarmCatalogResource(),
         },
         raise_on_error=False,
     )

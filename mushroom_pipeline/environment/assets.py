@@ -1,5 +1,6 @@
 """Environment readings (temperature, humidity, CO2 per room) → validated readings → daily stats."""
 
+import functools
 import json
 
 import dagster as dg
@@ -12,8 +13,9 @@ from mushroom_pipeline.checks.environment import (
     coverage_spec,
     invalid_share_spec,
 )
+from mushroom_pipeline.catalog.metrics import NAME_TYPES
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.readings import (
-    KNOWN_RANGES,
     SOURCE_COLUMNS,
     quarantine_relation,
     readings_relation,
@@ -29,22 +31,26 @@ from mushroom_pipeline.io.source import (
     SourceLedger,
     SourceWindowConfig,
     quarantined_source,
+    staged_frame,
     time_slice,
 )
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 
+METRIC_DESCRIPTION = "canonical name of the metric catalog (the source's name if it has none)"
 READINGS_SCHEMA = column_schema(
     ("room", "text"),
-    ("metric", "text"),
+    ("metric", "text", METRIC_DESCRIPTION),
     ("measured_at", "timestamptz"),
     ("value", "double precision", "mean of the source rows of this reading"),
     ("source_rows", "bigint", "source rows folded into this reading (>1: duplicates)"),
+    ("source_metrics", "text[]", "the names the source reported this reading under"),
 )
 QUARANTINE_SCHEMA = column_schema(
     ("room", "text"),
-    ("metric", "text"),
+    ("metric", "text", METRIC_DESCRIPTION),
+    ("source_metric", "text", "the name in the source row"),
     ("measured_at", "timestamptz"),
     ("value", "double precision"),
     ("reason", "text", "null_value, nan_value, infinite_value, out_of_range, blank_room, ..."),
@@ -52,7 +58,7 @@ QUARANTINE_SCHEMA = column_schema(
 STATS_SCHEMA = column_schema(
     ("day", "date", "the farm's local day"),
     ("room", "text"),
-    ("metric", "text"),
+    ("metric", "text", METRIC_DESCRIPTION),
     ("n", "bigint", "valid readings"),
     ("mean", "double precision"),
     ("min", "double precision"),
@@ -69,6 +75,7 @@ STATS_SCHEMA = column_schema(
     ("duplicate_rows", "bigint", "source rows folded into other readings"),
     ("first_at", "timestamptz"),
     ("last_at", "timestamptz"),
+    ("source_metrics", "text", "the names the source reported the metric under, comma-separated"),
 )
 
 QUARANTINE_TABLE = "env_readings_quarantine"
@@ -79,8 +86,9 @@ ENV_READINGS_LEDGER = SourceLedger(
 
 @dg.asset(
     description="The day's valid readings of iot.env_readings, one row per (room, metric, "
-    f"measured_at): duplicates folded into their mean. Invalid source rows go to "
-    f"mushroom.{QUARANTINE_TABLE} with their reason.",
+    "measured_at) under the metric catalog's canonical names (aliases folded in): duplicates "
+    f"folded into their mean. Invalid source rows go to mushroom.{QUARANTINE_TABLE} with their "
+    "reason.",
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -95,26 +103,36 @@ def env_readings(
     config: SourceWindowConfig,
     source_database: PostgresResource,
     warehouse: PostgresResource,
+    farm_catalog: FarmCatalogResource,
 ):
     window = context.partition_time_window
-    with quarantined_source(
+    catalog = farm_catalog.metrics()
+    with staged_frame(
+        warehouse, f"metric_names_{context.run_id}", catalog.names(), NAME_TYPES
+    ) as names, quarantined_source(
         context,
         source_database,
         warehouse,
         ENV_READINGS_LEDGER,
         SOURCE_COLUMNS,
-        quarantine_relation,
+        functools.partial(quarantine_relation, names=names),
         column_types(QUARANTINE_SCHEMA),
         config.allow_shrink,
     ) as source:
-        yield dg.Output(readings_relation(source.table, window), metadata=source.metadata())
+        yield dg.Output(
+            readings_relation(source.table, window, names),
+            metadata={**source.metadata(), "metric_catalog": catalog.source},
+        )
     yield check_invalid_share(source.source_rows, source.invalid_by_reason)
 
 
 STATS_SQL = """
 WITH r AS (
-    SELECT room, metric, value, source_rows, measured_at, measured_at::date AS day
+    SELECT room, metric, value, source_rows, source_metrics, measured_at, measured_at::date AS day
     FROM ({readings}) s
+), names AS (
+    SELECT day, room, metric, string_agg(DISTINCT name, ', ' ORDER BY name) AS source_metrics
+    FROM r CROSS JOIN unnest(r.source_metrics) AS name GROUP BY 1, 2, 3
 ), gaps AS (
     SELECT *, extract(epoch FROM measured_at - lag(measured_at) OVER (
         PARTITION BY day, room, metric ORDER BY measured_at)) AS gap_s
@@ -137,8 +155,8 @@ SELECT agg.day, agg.room, agg.metric, n, mean, min, max, std,
        -- the session runs in the farm's timezone: a day lasts 23 or 25 hours across DST
        least(1.0, n * cadence_s / extract(epoch FROM (agg.day + 1)::timestamptz
                                                     - agg.day::timestamptz)) AS coverage,
-       coalesce(n_invalid, 0) AS n_invalid, duplicate_rows, first_at, last_at
-FROM agg LEFT JOIN invalid USING (day, room, metric)
+       coalesce(n_invalid, 0) AS n_invalid, duplicate_rows, first_at, last_at, source_metrics
+FROM agg LEFT JOIN invalid USING (day, room, metric) LEFT JOIN names USING (day, room, metric)
 ORDER BY 1, 2, 3
 """
 
@@ -148,8 +166,10 @@ QUARANTINED_GROUPS_SQL = "SELECT DISTINCT measured_at::date AS day, room, metric
 
 
 @dg.asset(
-    description="Daily statistics per room and metric of the valid readings (contract columns "
-    "plus cadence, coverage, invalid and duplicate counts), computed inside Postgres.",
+    description="Daily statistics per room and canonical metric of the valid readings (contract "
+    "columns plus cadence, coverage, invalid and duplicate counts, the source's metric names), "
+    "computed inside Postgres. With each room's batch and growth day: the view "
+    "mushroom.env_daily_stats_by_batch.",
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -161,6 +181,7 @@ QUARANTINED_GROUPS_SQL = "SELECT DISTINCT measured_at::date AS day, room, metric
 def env_daily_stats(
     context: dg.AssetExecutionContext,
     warehouse: PostgresResource,
+    farm_catalog: FarmCatalogResource,
     env_readings: PostgresRelation,
 ):
     quarantine = PostgresClient.get_select_statement(
@@ -175,6 +196,7 @@ def env_daily_stats(
             {"day": "date", "room": "text", "metric": "text"},
         )
     means = stats.groupby("metric")["mean"].mean()
+    known = [m.name for m in farm_catalog.metrics().metrics]
     context.log.info(f"{len(stats)} stats rows for {stats['day'].nunique()} day(s)")
     yield dg.Output(
         stats,
@@ -184,9 +206,14 @@ def env_daily_stats(
             "readings": int(stats["n"].sum()),
             "duplicate_rows_folded": int(stats["duplicate_rows"].sum()),
             "metrics_without_range": dg.MetadataValue.json(
-                sorted(set(stats["metric"]) - set(KNOWN_RANGES))
+                sorted(set(stats["metric"]) - set(known))
             ),
-            **{f"mean_{metric}": float(means[metric]) for metric in KNOWN_RANGES if metric in means},
+            "source_metric_names": dg.MetadataValue.json(
+                stats.groupby("metric")["source_metrics"].agg(
+                    lambda names: sorted({n for joined in names.dropna() for n in joined.split(", ")})
+                ).to_dict()
+            ),
+            **{f"mean_{metric}": float(means[metric]) for metric in known if metric in means},
             "lowest_coverage": float(stats["coverage"].fillna(0).min()) if len(stats) else 1.0,
             "rooms_by_day": dg.MetadataValue.json(
                 json.loads(stats.groupby(stats["day"].astype(str))["room"].nunique().to_json())

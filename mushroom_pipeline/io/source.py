@@ -11,12 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dagster as dg
-from pydantic import Field
+import pandas as pd
 from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
+from pydantic import Field
 
 from mushroom_pipeline.io.postgres import (
     PostgresClient,
     PostgresRelation,
+    qualified_name,
     replace_table_slice,
     source_table,
 )
@@ -38,6 +40,25 @@ def time_slice(table: str, column: str, window: dg.TimeWindow) -> TableSlice:
         schema="mushroom",
         partition_dimensions=[TablePartitionDimension(column, window)],
     )
+
+
+STAGING_SCHEMA = "mushroom_staging"
+
+
+@contextmanager
+def staged_frame(
+    warehouse: PostgresResource, name: str, frame: pd.DataFrame, types: Mapping[str, str]
+) -> Iterator[str]:
+    """`frame` COPYed into a warehouse table of `mushroom_staging` (lookup data a run's SQL joins:
+    names and values stay data, never SQL text); yields its qualified name, drops it on exit.
+    Lives until after the asset's output is written (a relation's INSERT … SELECT)."""
+    staged = TableSlice(table=name, schema=STAGING_SCHEMA)
+    replace_table_slice(warehouse, staged, frame, types)
+    try:
+        yield qualified_name(staged)
+    finally:
+        with warehouse.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified_name(staged)}")
 
 
 def rows_per_day(
