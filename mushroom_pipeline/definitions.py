@@ -7,7 +7,9 @@ from contextlib import contextmanager
 import dagster as dg
 
 from mushroom_pipeline.automation.alerts import (
+    WEBHOOK_VARIABLE,
     AlertWebhookResource,
+    check_webhook_url,
     failed_check_alert,
     run_failure_alert,
 )
@@ -121,12 +123,21 @@ def model_resources() -> dict[str, object]:
     }
 
 
+def alert_webhook_resource() -> AlertWebhookResource:
+    """Checked when the code location loads: a bad URL is a configuration error then, not a
+    failing sensor tick later."""
+    url = os.environ.get(WEBHOOK_VARIABLE, "").strip()
+    if url:
+        check_webhook_url(url)
+    return AlertWebhookResource(url=_env_var(WEBHOOK_VARIABLE))
+
+
 def all_resources() -> dict[str, object]:
     return {
         **database_resources(),
         "object_store": object_store_resource(),
         **model_resources(),
-        "alert_webhook": AlertWebhookResource(url=_env_var("MUSHROOM_ALERT_WEBHOOK_URL")),
+        "alert_webhook": alert_webhook_resource(),
     }
 
 

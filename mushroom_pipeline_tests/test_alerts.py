@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import dagster as dg
 import pytest
 
+from mushroom_pipeline.automation import alerts
 from mushroom_pipeline.automation.alerts import (
     AlertWebhookResource,
     failed_check_alert,
@@ -50,54 +51,124 @@ def checked():
                               severity=dg.AssetCheckSeverity.ERROR, description="room 612: 40%")
 
 
-def test_a_failed_run_posts_an_alert(webhook):
+@dg.asset(check_specs=[dg.AssetCheckSpec("coverage", asset="passing")])
+def passing():
+    yield dg.Output(1)
+    yield dg.AssetCheckResult(check_name="coverage", passed=True)
+
+
+def tick(sensor, instance, cursor, url=None, timeout_s=5.0):
+    """One evaluation of an alert sensor; returns (cursor after, skip message)."""
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, repository_def=defs.get_repository_def(),
+        resources={"alert_webhook": AlertWebhookResource(url=url, timeout_s=timeout_s)},
+    ) as context:
+        result = sensor.evaluate_tick(context)
+        return context.cursor, result.skip_message
+
+
+def test_a_failed_run_posts_an_alert_and_the_first_tick_replays_no_history(webhook):
     url, received = webhook
     instance = dg.DagsterInstance.ephemeral()
+    dg.materialize([always_fails], instance=instance, raise_on_error=False)  # before the sensor
+    cursor, message = tick(run_failure_alert, instance, None, url)
+    assert received == [] and "history is not replayed" in message
     result = dg.materialize([always_fails], instance=instance, raise_on_error=False)
-    failure = next(e for e in result.all_events if e.is_run_failure)
-    with dg.build_run_status_sensor_context(
-        sensor_name="run_failure_alert", dagster_event=failure, dagster_instance=instance,
-        dagster_run=result.dagster_run, resources={"alert_webhook": AlertWebhookResource(url=url)},
-    ) as context:
-        run_failure_alert(context.for_run_failure())
-    assert len(received) == 1
-    alert = received[0]
-    assert alert["kind"] == "run_failure" and alert["run_id"] == result.run_id
-    assert "always_fails" in alert["message"]
+    cursor, _ = tick(run_failure_alert, instance, cursor, url)
+    assert [(a["kind"], a["run_id"]) for a in received] == [("run_failure", result.run_id)]
+    assert "always_fails" in received[0]["message"]
+    tick(run_failure_alert, instance, cursor, url)
+    assert len(received) == 1  # the cursor moved past it: no second alert
 
 
 def test_a_failed_check_posts_once_and_a_passing_one_not(webhook):
     url, received = webhook
     instance = dg.DagsterInstance.ephemeral()
+    cursor, _ = tick(failed_check_alert, instance, None, url)
     assert dg.materialize([checked], instance=instance).success
-
-    def tick(cursor=None, target=url):
-        with dg.build_sensor_context(
-            instance=instance, cursor=cursor, repository_def=defs.get_repository_def(),
-            resources={"alert_webhook": AlertWebhookResource(url=target)},
-        ) as context:
-            failed_check_alert.evaluate_tick(context)
-            return context.cursor
-
-    cursor = tick()
+    assert dg.materialize([passing], instance=instance).success
+    cursor, _ = tick(failed_check_alert, instance, cursor, url)
     assert [(a["kind"], a["asset"], a["check"], a["severity"], a["description"]) for a in received] == [
         ("asset_check_failed", "checked", "coverage", "ERROR", "room 612: 40%")]
-    tick(cursor)
-    assert len(received) == 1  # the cursor moved past it: no second alert
+    tick(failed_check_alert, instance, cursor, url)
+    assert len(received) == 1
 
 
-def test_without_a_webhook_alerts_are_logged_and_a_dead_webhook_fails_nothing(capfd):
+def test_alerts_a_dead_webhook_could_not_take_are_sent_on_a_later_tick(webhook, capfd):
+    url, received = webhook
     instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize([checked], instance=instance).success
-    for target in (None, f"http://127.0.0.1:{free_port()}/nobody-listens"):
-        with dg.build_sensor_context(
-            instance=instance, repository_def=defs.get_repository_def(),
-            resources={"alert_webhook": AlertWebhookResource(url=target, timeout_s=2)},
-        ) as context:
-            failed_check_alert.evaluate_tick(context)
+    cursor, _ = tick(failed_check_alert, instance, None, url)
+    for _ in range(3):
+        assert dg.materialize([checked], instance=instance).success
+    dead = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    cursor, message = tick(failed_check_alert, instance, cursor, dead, timeout_s=2)
+    assert "0 alert(s) sent" in message
     logged = capfd.readouterr().err
-    assert logged.count("ALERT {") == 2
-    assert "not delivered" in logged
+    assert "not delivered" in logged and "nobody-listens" not in logged  # no URL (tokens) in logs
+    tick(failed_check_alert, instance, cursor, url)
+    assert len(received) == 3
+
+
+def test_a_tick_sends_at_most_its_share_and_the_rest_follow(webhook, monkeypatch):
+    monkeypatch.setattr(alerts, "MAX_ALERTS_PER_TICK", 2)
+    url, received = webhook
+    instance = dg.DagsterInstance.ephemeral()
+    cursor, _ = tick(failed_check_alert, instance, None, url)
+    for _ in range(5):
+        assert dg.materialize([checked], instance=instance).success
+    counts = []
+    for _ in range(4):
+        cursor, _ = tick(failed_check_alert, instance, cursor, url)
+        counts.append(len(received))
+    assert counts == [2, 4, 5, 5]
+
+
+@pytest.mark.parametrize("url", ["hooks.example.com/T0KEN", "ftp://hooks.example.com/T0KEN",
+                                 "https:///T0KEN"])
+def test_a_bad_webhook_url_fails_the_code_location_without_echoing_it(monkeypatch, url):
+    from mushroom_pipeline.definitions import alert_webhook_resource
+    from mushroom_pipeline.settings import ConfigurationError
+
+    monkeypatch.setenv("MUSHROOM_ALERT_WEBHOOK_URL", url)
+    with pytest.raises(ConfigurationError, match="MUSHROOM_ALERT_WEBHOOK_URL") as raised:
+        alert_webhook_resource()
+    assert "T0KEN" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["hooks.example.com/T0KEN", "http://[::1/T0KEN"])
+def test_every_send_error_is_caught_and_logged_without_the_url(url, caplog):
+    delivered = AlertWebhookResource(url=url).send({"kind": "test"}, dg.get_dagster_logger())
+    assert delivered is False
+    logged = caplog.text
+    assert "not delivered" in logged and "T0KEN" not in logged
+
+
+def test_a_webhook_answering_garbage_is_a_failed_send(caplog):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer_garbage():
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(b"this is not HTTP\r\n\r\n")
+        connection.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/T0KEN"
+    assert AlertWebhookResource(url=url).send({"kind": "test"}, dg.get_dagster_logger()) is False
+    listener.close()
+    assert "not delivered" in caplog.text and "T0KEN" not in caplog.text
+
+
+def test_without_a_webhook_alerts_are_logged(capfd):
+    instance = dg.DagsterInstance.ephemeral()
+    cursor, _ = tick(failed_check_alert, instance, None)
+    assert dg.materialize([checked], instance=instance).success
+    tick(failed_check_alert, instance, cursor)
+    assert capfd.readouterr().err.count("ALERT {") == 1
 
 
 def test_every_asset_retries_transient_errors_and_the_heavy_steps_share_pools():
