@@ -1,8 +1,11 @@
 """Tests run against a real embedded Postgres + pgvector under a temporary MUSHROOM_HOME."""
 
+import json
 import os
 import subprocess
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 # The definitions read the environment at import: settle it before any project import.
@@ -68,3 +71,23 @@ def s3_endpoint():
     client.make_bucket("mushroom-images")
     yield endpoint
     server.stop()
+
+
+@pytest.fixture
+def webhook():
+    """A local HTTP endpoint recording the JSON alerts POSTed to it: (url, received)."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the http.server API)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/alerts", received
+    server.shutdown()

@@ -54,3 +54,29 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def sensor_tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor=None, **resources):
+    """One evaluation of `sensor` with the code location's resources as the daemon gives them
+    (`resources` replace some); the result has the run requests and the new cursor."""
+    from mushroom_pipeline.definitions import all_resources, defs
+
+    available = {**all_resources(), **resources}
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, repository_def=defs.get_repository_def(),
+        sensor_name=sensor.name,
+        resources={key: available[key] for key in sensor.required_resource_keys},
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
+def launch_as_sensor(instance: dg.DagsterInstance, sensor_name: str, request: dg.RunRequest,
+                     job_name: str) -> dg.ExecuteInProcessResult:
+    """Runs a sensor's request as the daemon would: the job of the code location, with the run
+    key and sensor tags Dagster sets."""
+    from mushroom_pipeline.definitions import defs
+
+    return defs.resolve_job_def(job_name).execute_in_process(
+        partition_key=request.partition_key, instance=instance, raise_on_error=False,
+        tags={**request.tags, "dagster/sensor_name": sensor_name, "dagster/run_key": request.run_key},
+    )

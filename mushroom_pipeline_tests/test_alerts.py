@@ -1,9 +1,7 @@
 """Alerts for failed runs and failed asset checks: JSON POSTed to a webhook (a local HTTP
 server here), or only logged when no webhook is set; a webhook that is down fails nothing."""
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
 import pytest
@@ -18,25 +16,6 @@ from mushroom_pipeline.definitions import defs
 from mushroom_pipeline.retries import TRANSIENT_RETRY
 
 from .helpers import free_port
-
-
-@pytest.fixture
-def webhook():
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (the http.server API)
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/alerts", received
-    server.shutdown()
 
 
 @dg.asset

@@ -2,15 +2,20 @@
 days whose source rows changed after they were materialized."""
 
 import datetime as dt
+import functools
+import json
 
 import dagster as dg
+import pytest
 
+from mushroom_pipeline.automation import sensors
+from mushroom_pipeline.automation.alerts import AlertWebhookResource
 from mushroom_pipeline.automation.schedules import daily_env_stats
 from mushroom_pipeline.automation.sensors import late_env_readings_sensor
 from mushroom_pipeline.definitions import database_resources, defs
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 
-from .helpers import insert_readings
+from .helpers import insert_readings, insert_setpoints, launch_as_sensor, query, sensor_tick
 
 
 def test_definitions_load():
@@ -42,14 +47,7 @@ def test_the_late_data_sensor_requests_the_changed_day_and_nothing_else(warehous
         ).success
 
     def tick(cursor=None):
-        resources = database_resources()
-        with dg.build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            resources={k: resources[k] for k in ("warehouse", "source_database")},
-            repository_def=defs.get_repository_def(),
-        ) as context:
-            return late_env_readings_sensor.evaluate_tick(context)
+        return sensor_tick(late_env_readings_sensor, instance, cursor)
 
     assert not tick().run_requests  # nothing arrived late yet
 
@@ -77,3 +75,142 @@ def test_the_clip_schedule_requests_yesterdays_images_at_0302():
     assert {"image_manifest", "image_embeddings"} == {
         k.to_user_string() for k in defs.resolve_job_def("vision_job").asset_layer.executable_asset_keys
     }
+
+
+@dg.asset
+def broken_run():
+    raise RuntimeError("the warehouse went read-only")
+
+
+def fail_as_sensor(instance, sensor_name: str, request: dg.RunRequest) -> None:
+    """A run of `request` that fails, tagged as the daemon tags a sensor's run."""
+    result = dg.materialize([broken_run], instance=instance, raise_on_error=False, tags={
+        "dagster/sensor_name": sensor_name, "dagster/run_key": request.run_key})
+    assert not result.success
+
+
+def late_day(warehouse, instance) -> str:
+    """A closed day, materialized, that then receives a late reading."""
+    day = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=2)).isoformat()
+    insert_readings(warehouse, [("r1", "temperature_c", 15.0, f"{day} 10:00")])
+    assert dg.materialize([env_readings, env_daily_stats], partition_key=day,
+                          resources=database_resources(), instance=instance).success
+    insert_readings(warehouse, [("r1", "temperature_c", 16.0, f"{day} 11:00")])
+    return day
+
+
+def test_a_day_whose_run_failed_is_requested_again_with_backoff_then_alerted(
+        warehouse, webhook, monkeypatch):
+    url, received = webhook
+    instance = dg.DagsterInstance.ephemeral()
+    day = late_day(warehouse, instance)
+    tick = functools.partial(sensor_tick, late_env_readings_sensor, instance,
+                             alert_webhook=AlertWebhookResource(url=url))
+    result = tick()
+    keys = [result.run_requests[0].run_key]
+    assert result.run_requests[0].partition_key == day and keys[0].endswith(":a1")
+    fail_as_sensor(instance, "late_env_readings_sensor", result.run_requests[0])
+    result = tick(result.cursor)
+    assert not result.run_requests  # the first retry waits RETRY_BACKOFF (10 min)
+    monkeypatch.setattr(sensors, "RETRY_BACKOFF", dt.timedelta(0))
+    for attempt in range(2, sensors.MAX_ATTEMPTS + 1):
+        result = tick(result.cursor)
+        assert [r.partition_key for r in result.run_requests] == [day]
+        keys.append(result.run_requests[0].run_key)
+        fail_as_sensor(instance, "late_env_readings_sensor", result.run_requests[0])
+    assert [k.rsplit(":", 1)[1] for k in keys] == ["a1", "a2", "a3", "a4"]
+    assert len({k.rsplit(":", 1)[0] for k in keys}) == 1  # one content, four attempts
+    assert received == []
+    for _ in range(2):
+        result = tick(result.cursor)
+        assert not result.run_requests  # given up ...
+    assert [(a["kind"], a["partition"], a["attempts"]) for a in received] == [
+        ("sensor_gave_up", day, 4)]  # ... and said so, once
+    # new content starts over, and a run that succeeds ends the requests
+    insert_readings(warehouse, [("r1", "temperature_c", 17.0, f"{day} 12:00")])
+    result = tick(result.cursor)
+    assert [r.run_key.rsplit(":", 1)[1] for r in result.run_requests] == ["a1"]
+    assert launch_as_sensor(instance, "late_env_readings_sensor", result.run_requests[0],
+                            "environment_job").success
+    result = tick(result.cursor)
+    assert not result.run_requests and json.loads(result.cursor)["days"] == {}
+
+
+def test_run_keys_change_when_the_content_comes_back_to_an_earlier_count(warehouse):
+    instance = dg.DagsterInstance.ephemeral()
+    day = late_day(warehouse, instance)
+    first = sensor_tick(late_env_readings_sensor, instance)
+    assert launch_as_sensor(instance, "late_env_readings_sensor", first.run_requests[0],
+                            "environment_job").success
+    assert not sensor_tick(late_env_readings_sensor, instance, first.cursor).run_requests
+    # the late row is deleted on purpose and the deletion mirrored, then it arrives again:
+    # the same count (2) as the first request
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM iot.env_readings WHERE value = 16.0")
+    assert dg.materialize([env_readings, env_daily_stats], partition_key=day, instance=instance,
+                          resources=database_resources(), run_config={"ops": {"env_readings": {
+                              "config": {"allow_shrink": True}}}}).success
+    insert_readings(warehouse, [("r1", "temperature_c", 16.0, f"{day} 11:00")])
+    again = sensor_tick(late_env_readings_sensor, instance, first.cursor)
+    assert [r.partition_key for r in again.run_requests] == [day]
+    assert ":2:" in first.run_requests[0].run_key and ":2:" in again.run_requests[0].run_key
+    assert again.run_requests[0].run_key != first.run_requests[0].run_key  # Dagster would skip it
+
+
+@pytest.mark.parametrize("cursor", ["{not json", '{"2026-01-01": 5}', '{"version": 2, "days": []}'])
+def test_a_corrupt_or_old_cursor_starts_afresh_from_the_warehouse(warehouse, cursor, capfd):
+    instance = dg.DagsterInstance.ephemeral()
+    day = late_day(warehouse, instance)
+    result = sensor_tick(late_env_readings_sensor, instance, cursor)
+    assert [r.partition_key for r in result.run_requests] == [day]
+    assert "unreadable sensor cursor" in capfd.readouterr().err
+    assert json.loads(result.cursor)["version"] == sensors.CURSOR_VERSION
+
+
+def test_a_late_setpoint_reruns_its_day_and_the_next_whose_baseline_it_changes(warehouse):
+    from mushroom_pipeline.setpoints.assets import (
+        setpoint_change_events,
+        setpoint_snapshots,
+        switch_daily_stats,
+    )
+    from mushroom_pipeline.setpoints.sensors import late_setpoints_sensor
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    d1, d2 = (today - dt.timedelta(days=n) for n in (3, 2))
+    insert_setpoints(warehouse, [("607", "air_cooler_607", "temp_set", 16.0, f"{d1} 10:00"),
+                                 ("607", "air_cooler_607", "temp_set", 16.0, f"{d2} 10:00")])
+    instance = dg.DagsterInstance.ephemeral()
+    for day in (d1, d2):
+        assert dg.materialize([setpoint_snapshots, setpoint_change_events, switch_daily_stats],
+                              partition_key=day.isoformat(), resources=database_resources(),
+                              instance=instance).success
+    # late on d1: the operator's change at 23:00 is d2's baseline, and d2's 10:00 a change back
+    insert_setpoints(warehouse, [("607", "air_cooler_607", "temp_set", 17.0, f"{d1} 23:00")])
+    request, = sensor_tick(late_setpoints_sensor, instance).run_requests
+    assert (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"]) == (d1.isoformat(), d2.isoformat())
+    from mushroom_pipeline.definitions import defs
+
+    assert defs.resolve_job_def("setpoints_job").execute_in_process(
+        instance=instance, tags={**request.tags, "dagster/run_key": request.run_key}).success
+    events = query(warehouse, "SELECT day, old_value, new_value FROM mushroom.setpoint_change_events "
+                              "ORDER BY changed_at")
+    assert events.values.tolist() == [[d1, 16.0, 17.0], [d2, 17.0, 16.0]]
+
+
+def test_an_image_overwritten_twice_gets_a_new_run_key_each_time():
+    from mushroom_pipeline.automation.sensors import new_images_sensor
+    from mushroom_pipeline.objectstore import ObjectStoreResource
+    from mushroom_pipeline.settings import load_settings
+
+    store = ObjectStoreResource(home=str(load_settings().home), bucket="sensor-test-images")
+    day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    key = f"607/{day:%Y%m%d}/607_cam1_{day:%Y%m%d}080000.jpg"
+    instance = dg.DagsterInstance.ephemeral()
+    keys, cursor = [], None
+    for content in (b"first shot", b"second shot", b"third shot"):
+        store.store().put(key, content)
+        result = sensor_tick(new_images_sensor, instance, cursor, object_store=store)
+        cursor = result.cursor
+        keys += [r.run_key for r in result.run_requests]
+    assert len(keys) == 3 and len(set(keys)) == 3

@@ -3,10 +3,18 @@
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    RUN_KEY_TAG,
+    SENSOR_NAME_TAG,
+)
 
+from mushroom_pipeline.automation.alerts import AlertWebhookResource
 from mushroom_pipeline.automation.jobs import environment_job, vision_job
 from mushroom_pipeline.environment.assets import ENV_READINGS_LEDGER
 from mushroom_pipeline.io.source import SourceLedger, rows_per_day
@@ -18,18 +26,109 @@ from mushroom_pipeline.vision.manifest import list_images
 
 LOOKBACK_DAYS = 14  # late data older than this needs a manual backfill
 MAX_RUNS_PER_TICK = 5  # the rest waits for the next tick, so one tick stays cheap
+MAX_ATTEMPTS = 4  # runs of one request before it is given up, with an alert
+RETRY_BACKOFF = dt.timedelta(minutes=10)  # after a failed attempt; doubles with each attempt
+LAUNCH_GRACE = dt.timedelta(minutes=10)  # a request with no run after this was lost: asked again
+CURSOR_VERSION = 2
+RUNNING = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.MANAGED}
 
 
-def not_yet_requested(context: dg.SensorEvaluationContext, wanted: dict[str, object]) -> dict:
-    """The days of `wanted` ({partition key: version}) not yet requested at that version, at most
-    MAX_RUNS_PER_TICK. The cursor remembers what was requested, so a day whose run is still
-    queued is not asked again; days no longer wanted are forgotten."""
-    requested = json.loads(context.cursor) if context.cursor else {}
-    fresh = {day: version for day, version in wanted.items() if requested.get(day) != version}
-    batch = dict(list(fresh.items())[:MAX_RUNS_PER_TICK])
-    kept = {day: version for day, version in requested.items() if day in wanted}
-    context.update_cursor(json.dumps({**kept, **batch}))
-    return batch
+@dataclass
+class Requested:
+    """A day's request as the cursor keeps it. `base` names the content (what made the day
+    wanted, and its last materialization); each attempt gets its own run key, so Dagster never
+    skips a retry as a duplicate, and a reset cursor re-derives the same keys."""
+
+    base: str
+    attempt: int
+    at: float  # when this attempt was requested (epoch seconds)
+    alerted: bool = False
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.base}:a{self.attempt}"
+
+
+def read_requests(context: dg.SensorEvaluationContext) -> dict[str, Requested]:
+    """The cursor's requests; an unreadable or old-format cursor starts afresh, with a warning:
+    the days are re-derived from the warehouse, and repeated run keys are skipped by Dagster."""
+    if not context.cursor:
+        return {}
+    try:
+        document = json.loads(context.cursor)
+        if document.get("version") != CURSOR_VERSION:
+            raise ValueError(f"cursor version {document.get('version')!r}")
+        return {day: Requested(**entry) for day, entry in document["days"].items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        context.log.warning(f"unreadable sensor cursor ({err}): starting afresh from the warehouse")
+        return {}
+
+
+def _last_run(instance: dg.DagsterInstance, sensor_name: str, run_key: str):
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={SENSOR_NAME_TAG: sensor_name, RUN_KEY_TAG: run_key}), limit=1
+    )
+    return records[0] if records else None
+
+
+def requests_that_never_lose_work(
+    context: dg.SensorEvaluationContext,
+    wanted: dict[str, str],
+    request_for: Callable[[str, str], dg.RunRequest],
+    alert_webhook: AlertWebhookResource,
+    now: dt.datetime,
+) -> list[dg.RunRequest]:
+    """Run requests for `wanted` ({day: content base}, most urgent first). A day is asked again
+    until a run of its current content succeeds: a failed run is retried with backoff, up to
+    MAX_ATTEMPTS, then an alert says it was given up; new content starts over. At most
+    MAX_RUNS_PER_TICK requests per tick."""
+    requests = read_requests(context)
+    kept: dict[str, Requested] = {}
+    emitted: list[dg.RunRequest] = []
+    clock = now.timestamp()
+    for day, base in wanted.items():
+        entry = requests.get(day)
+        if entry is None or entry.base != base:
+            if len(emitted) < MAX_RUNS_PER_TICK:
+                kept[day] = Requested(base, 1, clock)
+                emitted.append(request_for(day, kept[day].run_key))
+            continue
+        kept[day] = entry
+        run = _last_run(context.instance, context.sensor_name, entry.run_key)
+        if run is None:
+            if clock - entry.at > LAUNCH_GRACE.total_seconds() and len(emitted) < MAX_RUNS_PER_TICK:
+                entry.at = clock
+                emitted.append(request_for(day, entry.run_key))
+        elif run.dagster_run.status in RUNNING or run.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
+            continue
+        elif entry.attempt < MAX_ATTEMPTS:
+            ended = run.end_time or entry.at
+            if (clock >= ended + (RETRY_BACKOFF * 2 ** (entry.attempt - 1)).total_seconds()
+                    and len(emitted) < MAX_RUNS_PER_TICK):
+                kept[day] = Requested(base, entry.attempt + 1, clock)
+                emitted.append(request_for(day, kept[day].run_key))
+        elif not entry.alerted:
+            entry.alerted = alert_webhook.send({
+                "kind": "sensor_gave_up",
+                "sensor": context.sensor_name,
+                "partition": day,
+                "attempts": entry.attempt,
+                "last_run_id": run.dagster_run.run_id,
+                "message": f"{entry.attempt} runs of {day} failed; re-run it by hand once fixed",
+            }, context.log)
+    context.update_cursor(json.dumps(
+        {"version": CURSOR_VERSION, "days": {day: asdict(entry) for day, entry in kept.items()}}
+    ))
+    return emitted
+
+
+def materialization_ids(context: dg.SensorEvaluationContext, asset: str) -> dict[str, int]:
+    """{partition: storage id of its latest materialization}: part of a request's content, so a
+    day wanted again after a successful run gets a new run key even if its counts repeat."""
+    return dict(context.instance.get_latest_storage_id_by_partition(
+        dg.AssetKey(asset), dg.DagsterEventType.ASSET_MATERIALIZATION
+    ))
 
 
 @dataclass(frozen=True)
@@ -65,30 +164,39 @@ def stale_partitions(
 
 
 def late_data_requests(
-    context: dg.SensorEvaluationContext, stale: StaleDays, trigger: str
+    context: dg.SensorEvaluationContext,
+    stale: StaleDays,
+    trigger: str,
+    materialized: dict[str, int],
+    alert_webhook: AlertWebhookResource,
+    covering: Callable[[str], tuple[str, str]] = lambda day: (day, day),
 ) -> list[dg.RunRequest] | dg.SkipReason:
-    """Run requests for the days with late rows; purged days are logged, never re-run."""
+    """Run requests for the days with late rows, each run covering `covering(day)` (a first and
+    last partition); purged days are logged, never re-run."""
     if stale.shrunk:
         context.log.warning(
             f"{len(stale.shrunk)} day(s) have fewer source rows than the warehouse stored "
             f"(source, stored): {stale.shrunk}. Not re-run: the stored rows are kept. To mirror "
             "a deliberate deletion, re-run the day with run config allow_shrink: true."
         )
-    batch = not_yet_requested(context, stale.grown)
-    if not batch:
-        return dg.SkipReason(
-            f"{len(stale.grown)} day(s) with late data, none new; {len(stale.shrunk)} purged "
-            "day(s) left as stored"
-        )
-    return [
-        dg.RunRequest(
-            run_key=f"{trigger}:{day}:{count}",
-            partition_key=day,
-            tags={"mushroom/trigger": trigger},
-        )
-        for day, count in batch.items()
-        if daily_partitions.has_partition_key(day)
-    ]
+
+    def request_for(day: str, run_key: str) -> dg.RunRequest:
+        first, last = covering(day)
+        tags = {"mushroom/trigger": trigger}
+        if first == last:
+            return dg.RunRequest(run_key=run_key, partition_key=first, tags=tags)
+        return dg.RunRequest(run_key=run_key, tags={
+            **tags, ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last})
+
+    wanted = {day: f"{trigger}:{day}:{count}:m{materialized[day]}"
+              for day, count in stale.grown.items() if daily_partitions.has_partition_key(day)}
+    requests = requests_that_never_lose_work(
+        context, wanted, request_for, alert_webhook, dt.datetime.now(dt.UTC)
+    )
+    return requests or dg.SkipReason(
+        f"{len(stale.grown)} day(s) with late data, none to request now; {len(stale.shrunk)} "
+        "purged day(s) left as stored"
+    )
 
 
 @dg.sensor(
@@ -97,17 +205,19 @@ def late_data_requests(
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=f"Re-runs already materialized days (last {LOOKBACK_DAYS}) that received source "
-    "rows since: late or repeated readings. Days whose source rows were purged are kept as stored.",
+    "rows since: late or repeated readings. A failed run is retried with backoff, then alerted. "
+    "Days whose source rows were purged are kept as stored.",
 )
 def late_env_readings_sensor(
     context: dg.SensorEvaluationContext,
     source_database: PostgresResource,
     warehouse: PostgresResource,
+    alert_webhook: AlertWebhookResource,
 ):
-    materialized = context.instance.get_materialized_partitions(dg.AssetKey("env_readings"))
+    materialized = materialization_ids(context, "env_readings")
     stale = stale_partitions(ENV_READINGS_LEDGER, source_database, warehouse, set(materialized),
                              dt.datetime.now(dt.UTC))
-    return late_data_requests(context, stale, "late_env_readings")
+    return late_data_requests(context, stale, "late_env_readings", materialized, alert_webhook)
 
 
 def _handled_images(warehouse: PostgresResource, model: str, first: dt.date) -> set[tuple[str, str]]:
@@ -126,7 +236,7 @@ def _handled_images(warehouse: PostgresResource, model: str, first: dt.date) -> 
 def days_with_new_images(
     object_store: ObjectStoreResource, warehouse: PostgresResource, model: str, now: dt.datetime
 ) -> dict[str, list[str]]:
-    """{day: sorted new keys} over the lookback, newest day first."""
+    """{day: sorted new (key, etag)} over the lookback, newest day first."""
     today = now.astimezone(SETTINGS.tz).date()
     days = [today - dt.timedelta(days=n) for n in range(LOOKBACK_DAYS + 1)]
     images, _ = list_images(object_store.store(), days)
@@ -134,7 +244,7 @@ def days_with_new_images(
     new: dict[str, list[str]] = {}
     for image in images:
         if (image.key, image.etag) not in handled:
-            new.setdefault(image.day.isoformat(), []).append(image.key)
+            new.setdefault(image.day.isoformat(), []).append((image.key, image.etag))
     return {day: sorted(new[day]) for day in sorted(new, reverse=True)}
 
 
@@ -151,22 +261,23 @@ def new_images_sensor(
     object_store: ObjectStoreResource,
     warehouse: PostgresResource,
     clip_encoder: ClipEncoderResource,
+    alert_webhook: AlertWebhookResource,
 ):
     new = days_with_new_images(
         object_store, warehouse, clip_encoder.model_id(), dt.datetime.now(dt.UTC)
     )
-    batches = {
-        day: hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16] for day, keys in new.items()
+    embedded = materialization_ids(context, "image_embeddings")
+    # The content is the new images with their etags: an image overwritten again is new content.
+    wanted = {
+        day: "new_images:{}:{}:m{}".format(
+            day, hashlib.sha256("\n".join(f"{k} {e}" for k, e in images).encode()).hexdigest()[:16],
+            embedded.get(day, 0))
+        for day, images in new.items() if daily_partitions.has_partition_key(day)
     }
-    batch = not_yet_requested(context, batches)
-    if not batch:
-        return dg.SkipReason(f"{len(batches)} day(s) with new images, none not yet requested")
-    return [
-        dg.RunRequest(
-            run_key=f"new_images:{day}:{digest}",
-            partition_key=day,
-            tags={"mushroom/trigger": "new_images", "mushroom/new_images": str(len(new[day]))},
-        )
-        for day, digest in batch.items()
-        if daily_partitions.has_partition_key(day)
-    ]
+    requests = requests_that_never_lose_work(
+        context, wanted,
+        lambda day, run_key: dg.RunRequest(run_key=run_key, partition_key=day, tags={
+            "mushroom/trigger": "new_images", "mushroom/new_images": str(len(new[day]))}),
+        alert_webhook, dt.datetime.now(dt.UTC),
+    )
+    return requests or dg.SkipReason(f"{len(new)} day(s) with new images, none to request now")

@@ -4,10 +4,12 @@ import datetime as dt
 
 import dagster as dg
 
+from mushroom_pipeline.automation.alerts import AlertWebhookResource
 from mushroom_pipeline.automation.jobs import setpoints_job
 from mushroom_pipeline.automation.sensors import (
     LOOKBACK_DAYS,
     late_data_requests,
+    materialization_ids,
     stale_partitions,
 )
 from mushroom_pipeline.resources import PostgresResource
@@ -20,14 +22,23 @@ from mushroom_pipeline.setpoints.assets import SETPOINTS_LEDGER
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=f"Re-runs already materialized days (last {LOOKBACK_DAYS}) that received setpoint "
-    "snapshots since: late or repeated rows. Days whose source rows were purged are kept as stored.",
+    "snapshots since: late or repeated rows, with the next day when it was materialized (a late "
+    "snapshot can change its baseline). A failed run is retried with backoff, then alerted. "
+    "Days whose source rows were purged are kept as stored.",
 )
 def late_setpoints_sensor(
     context: dg.SensorEvaluationContext,
     source_database: PostgresResource,
     warehouse: PostgresResource,
+    alert_webhook: AlertWebhookResource,
 ):
-    materialized = context.instance.get_materialized_partitions(dg.AssetKey("setpoint_snapshots"))
-    stale = stale_partitions(SETPOINTS_LEDGER, source_database, warehouse, set(materialized),
-                             dt.datetime.now(dt.UTC))
-    return late_data_requests(context, stale, "late_setpoints")
+    now = dt.datetime.now(dt.UTC)
+    materialized = materialization_ids(context, "setpoint_snapshots")
+    stale = stale_partitions(SETPOINTS_LEDGER, source_database, warehouse, set(materialized), now)
+
+    def with_next_day(day: str) -> tuple[str, str]:
+        following = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+        return day, following if following in materialized else day
+
+    return late_data_requests(context, stale, "late_setpoints", materialized, alert_webhook,
+                              with_next_day)
