@@ -92,6 +92,27 @@ def test_dagster_yaml_loads_as_instance_config():
     assert config["concurrency"]["pools"]["default_limit"] == 1
 
 
+def test_dagster_retries_dead_runs_and_purges_old_ticks():
+    config, _ = dagster_instance_config(str(REPO))  # validated against Dagster's schema
+    assert config["run_retries"] == {"enabled": True, "max_retries": 2,
+                                     "retry_on_asset_or_op_failure": False}
+    sensor_ticks = config["retention"]["sensor"]["purge_after_days"]
+    assert 0 < sensor_ticks["skipped"] <= 7 and all(days > 0 for days in sensor_ticks.values())
+    assert config["retention"]["schedule"]["purge_after_days"] > 0
+
+
+def test_compose_publishes_on_localhost_and_has_no_working_default_password():
+    text = (REPO / "docker-compose.yml").read_text()
+    # ${VAR:-default} for a secret would start a stack anybody can log into
+    assert not re.findall(r"\$\{[A-Z_]*(?:PASSWORD|SECRET)[A-Z_]*:-", text)
+    for variable in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"):
+        assert f"${{{variable}:?" in text
+        assert re.search(rf"^{variable}=$", (REPO / "deploy" / "env.example").read_text(), re.M)
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("${MUSHROOM_BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+
+
 def test_both_workspaces_load():
     from dagster._core.workspace.config_schema import process_workspace_config
 
