@@ -10,11 +10,14 @@ three `dagster asset materialize` at once) take turns: an exclusive lock on
 `$MUSHROOM_HOME/embedded.lock` (`flock`, released by the kernel when a process dies) covers
 initdb, the server start and the creation of the databases, so exactly one process does each
 and the others find it done.
+
+A postmaster.pid is trusted only when its PID is a live `postgres` process serving this pgdata:
+after a container restart the PID may belong to anything, and such a file is removed (never
+signalled). A server that died is started again on the next use in the same process.
 """
 
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import time
@@ -22,6 +25,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import sqlalchemy as sa
 
 WAREHOUSE_DATABASE = "mushroom"
@@ -80,6 +84,44 @@ def home_lock(home: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         os.close(fd)
 
 
+_urls: dict[tuple[Path, str], str] = {}
+
+
+def our_postmaster(pgdata: Path) -> psutil.Process | None:
+    """The live postmaster of `pgdata` named by its postmaster.pid, else None (no file, a dead
+    PID, or a PID now held by another process: a stale file)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        process = psutil.Process(pid)
+        if process.name().startswith("postgres") and str(pgdata) in " ".join(process.cmdline()):
+            return process
+    except (OSError, ValueError, IndexError, psutil.Error):
+        pass
+    return None
+
+
+def _remove_stale_pid_file(pgdata: Path) -> None:
+    """Under the home's lock: a postmaster.pid that names no postmaster of ours goes, so that
+    neither pgserver nor Postgres takes it for a running server."""
+    pid_file = pgdata / "postmaster.pid"
+    if pid_file.exists() and our_postmaster(pgdata) is None:
+        logging.getLogger(__name__).warning(
+            f"{pid_file} names no running postmaster of this pgdata (stale after a restart?): "
+            "removed"
+        )
+        pid_file.unlink(missing_ok=True)
+
+
+def _running_server(pgdata: Path):
+    """pgserver's handle with the postmaster running, under the home's lock. pgserver keeps one
+    handle per pgdata and process, which would still describe a postmaster that has since died:
+    start() re-reads postmaster.pid and starts the server if it is not running."""
+    _remove_stale_pid_file(pgdata)
+    server = _pgserver().get_server(pgdata, cleanup_mode=None, start=False)
+    server.start()
+    return server
+
+
 def create_database(conn: sa.Connection, name: str) -> bool:
     """CREATE DATABASE `name` unless it exists, on an AUTOCOMMIT connection; True when this call
     created it. Idempotent under concurrency: losing the race to another process is success."""
@@ -94,16 +136,19 @@ def create_database(conn: sa.Connection, name: str) -> bool:
     return True
 
 
-@functools.cache
 def server_url(home: Path, database: str = WAREHOUSE_DATABASE) -> str:
-    """Starts the embedded server if needed and returns a psycopg2 URL for `database`.
+    """Starts the embedded server if it is not running and returns a psycopg2 URL for `database`.
 
     The warehouse and Dagster databases are created on first start, with pgvector in the
-    warehouse, all under the lock of `home` (see the module's docstring).
+    warehouse, all under the lock of `home` (see the module's docstring). Cheap while the server
+    runs: one look at its postmaster.
     """
     home = Path(home).absolute()
+    cached = _urls.get((home, database))
+    if cached and our_postmaster(_pgdata(home)) is not None:
+        return cached
     with home_lock(home):
-        server = _pgserver().get_server(_pgdata(home), cleanup_mode=None)
+        server = _running_server(_pgdata(home))
         admin = sa.create_engine(
             server.get_uri(database="postgres", driver="psycopg2"),
             isolation_level="AUTOCOMMIT",
@@ -119,18 +164,19 @@ def server_url(home: Path, database: str = WAREHOUSE_DATABASE) -> str:
             with engine.begin() as conn:
                 conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
             engine.dispose()
+    _urls[(home, database)] = url
     return url
 
 
 def stop(home: Path) -> bool:
-    """Stops the embedded server of `home`; False when none was running."""
-    pgserver = _pgserver()
+    """Stops the embedded server of `home`; False when none was running. Signals only a
+    postmaster of this pgdata (see our_postmaster)."""
     pgdata = _pgdata(home)
     if not (pgdata / "postmaster.pid").exists():
         return False
     with home_lock(home):
+        _remove_stale_pid_file(pgdata)
         if not (pgdata / "postmaster.pid").exists():
             return False
-        pgserver.get_server(pgdata, cleanup_mode=None).stop()
-    server_url.cache_clear()
+        _running_server(pgdata).stop()
     return True

@@ -22,22 +22,13 @@ def _redact(url: sa.URL) -> str:
 
 
 @functools.cache
-def _engine(url: str | None, home: str, variable: str, timezone: str, timeout_s: int) -> sa.Engine:
+def _engine(url: str, variable: str, timezone: str, timeout_s: int) -> sa.Engine:
     """One pooled engine per configuration and process, checked by a first connection.
 
     The check makes a missing or unreachable server fail here, within `timeout_s`, with the
     variable to fix, instead of somewhere deep in a run (the old scheduler hung on a Redis
     that was never deployed).
     """
-    if url is None:
-        try:
-            url = embedded.server_url(Path(home))
-        except Exception as err:
-            raise DatabaseUnavailableError(
-                f"{variable} is unset, so the embedded Postgres under MUSHROOM_HOME={home} was "
-                f"started, and that failed: {err}. Set {variable} to a Postgres server's URL, or "
-                "check that MUSHROOM_HOME is writable."
-            ) from err
     # psycopg2 is the driver: its COPY support carries the bulk loads, and SQLAlchemy 2.1 would
     # otherwise pick psycopg 3 for a bare postgresql:// URL.
     parsed = sa.make_url(url).set(drivername="postgresql+psycopg2")
@@ -85,8 +76,20 @@ class PostgresResource(dg.ConfigurableResource):
 
     def get_engine(self) -> sa.Engine:
         return _engine(
-            self.url, self.home, self.url_variable, self.timezone, self.connect_timeout_s
+            self.url or self._embedded_url(), self.url_variable, self.timezone, self.connect_timeout_s
         )
+
+    def _embedded_url(self) -> str:
+        """Asked on every use: a server that died is started again (same URL, and the pool's
+        pre-ping replaces the dead connections)."""
+        try:
+            return embedded.server_url(Path(self.home))
+        except Exception as err:
+            raise DatabaseUnavailableError(
+                f"{self.url_variable} is unset, so the embedded Postgres under MUSHROOM_HOME="
+                f"{self.home} was started, and that failed: {err}. Set {self.url_variable} to a "
+                "Postgres server's URL, or check that MUSHROOM_HOME is writable."
+            ) from err
 
     @contextmanager
     def begin(self) -> Iterator[sa.Connection]:
