@@ -1,5 +1,6 @@
 """setpoint_snapshots → setpoint_change_events → switch_daily_stats, through Dagster, on the
-real Postgres: exact change events across midnight and run boundaries, against pandas."""
+real Postgres: exact change events across midnight and run boundaries, against pandas; the
+farm's catalog (points.yaml) read point by point: kinds, deadbands, labels, the batch device."""
 
 import datetime as dt
 
@@ -7,28 +8,34 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 import yaml
 
+from mushroom_pipeline import embedded
+from mushroom_pipeline.catalog.points import PointTreatment, load_point_config
 from mushroom_pipeline.definitions import database_resources
+from mushroom_pipeline.demo.farm import SETPOINT_DDL
+from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.setpoints.assets import (
     setpoint_change_events,
     setpoint_snapshots,
     switch_daily_stats,
 )
 
-from .helpers import insert_setpoints, query, range_tags
+from .helpers import insert_setpoints, query, range_tags, sensor_tick
 
 ASSETS = [setpoint_snapshots, setpoint_change_events, switch_daily_stats]
 
 
-def run(partition_key=None, start=None, end=None, selection=None) -> dg.ExecuteInProcessResult:
+def run(partition_key=None, start=None, end=None, selection=None, resources=None
+        ) -> dg.ExecuteInProcessResult:
     """All three assets, or only `selection` (their upstream read from the warehouse)."""
     result = dg.materialize(
         ASSETS,
         selection=selection,
         partition_key=partition_key,
         tags=range_tags(start, end) if start else None,
-        resources=database_resources(),
+        resources=resources or database_resources(),
     )
     assert result.success
     return result
@@ -61,6 +68,11 @@ def reset_warehouse(warehouse) -> None:
 
 def switch_stats(warehouse) -> pd.DataFrame:
     return query(warehouse, "SELECT * FROM mushroom.switch_daily_stats ORDER BY day, room, device, point")
+
+
+def event_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    metadata = result.asset_materializations_for_node("setpoint_change_events")[0].metadata
+    return {name: value.value for name, value in metadata.items()}
 
 
 def test_a_change_at_midnight_is_reported_once_whatever_the_runs(warehouse):
@@ -163,10 +175,28 @@ def test_a_deadband_compares_with_the_last_reported_value(warehouse, tmp_path, m
     assert events(warehouse)[["old_value", "new_value"]].values.tolist() == [
         [16.0, 16.6],  # a slow drift adds up past the deadband
         [16.6, 16.0],
+        [16.0, 16.5],  # a step of exactly the deadband
     ]
 
 
-def test_excluded_points_make_no_events_and_are_counted(warehouse):
+def test_a_step_of_exactly_the_deadband_is_a_change_and_one_just_under_is_not(
+    warehouse, tmp_path, monkeypatch
+):
+    use_config(monkeypatch, tmp_path, [{"point": "temperature_setpoint", "kind": "analog", "deadband": 0.5}])
+    values = [16.0, 16.49, 16.5, 16.01, 16.0]
+    insert_setpoints(warehouse, [
+        ("601", "air_cooler", "temperature_setpoint", v, at("2026-01-13 09:00") + pd.Timedelta(minutes=i))
+        for i, v in enumerate(values)
+    ])
+    run("2026-01-13")
+    assert events(warehouse)[["changed_at", "old_value", "new_value"]].values.tolist() == [
+        [at("2026-01-13 09:02"), 16.0, 16.5],  # 0.5 from the reported 16.0; 16.49 was not
+        [at("2026-01-13 09:04"), 16.5, 16.0],  # 0.5 from 16.5; 16.01 (0.49) was not
+    ]
+
+
+def test_excluded_points_make_no_events_and_are_counted(warehouse, tmp_path, monkeypatch):
+    use_config(monkeypatch, tmp_path, [{"point": "*_running", "exclude": True}])
     insert_setpoints(warehouse, [
         ("601", "air_cooler", "compressor_running", float(m % 2), at("2026-01-13 09:00") + pd.Timedelta(minutes=m))
         for m in range(10)
@@ -350,9 +380,9 @@ def test_a_slow_drift_adds_up_across_midnight_whatever_the_runs(warehouse, tmp_p
 
     results = [run(day) for day in days]
     per_day = events(warehouse)
-    # the drift passes 0.1 from the first value at hour 61, on the third day, and never again
+    # the drift reaches 0.1 from the first value at hour 60, on the third day, and never again
     assert per_day[["changed_at", "old_value", "new_value"]].values.tolist() == [
-        [at("2026-01-12 13:00"), 16.0, 16.0 + 0.04 * 61 / 24]
+        [at("2026-01-12 12:00"), 16.0, 16.0 + 0.04 * 60 / 24]
     ]
     assert str(per_day["day"][0]) == "2026-01-12"
     assert [fallbacks(result) for result in results] == [0, 0, 0, 0]
@@ -367,7 +397,7 @@ def test_a_slow_drift_adds_up_across_midnight_whatever_the_runs(warehouse, tmp_p
     assert fallbacks(run(start=days[1], end=days[-1])) == 1
 
 
-def test_the_late_setpoints_sensor_requests_the_changed_day_and_nothing_else(warehouse):
+def test_the_late_setpoints_sensor_requests_the_changed_day_and_its_next_and_nothing_else(warehouse):
     from mushroom_pipeline.definitions import defs
     from mushroom_pipeline.setpoints.sensors import late_setpoints_sensor
 
@@ -375,7 +405,7 @@ def test_the_late_setpoints_sensor_requests_the_changed_day_and_nothing_else(war
     assert late_setpoints_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert late_setpoints_sensor.minimum_interval_seconds == 300
     today = dt.datetime.now(dt.timezone.utc).date()
-    days = [today - dt.timedelta(days=n) for n in (3, 2, 1)]
+    days = [today - dt.timedelta(days=n) for n in (4, 3, 2, 1)]
     insert_setpoints(warehouse, [
         row for d in days for row in [
             ("601", "air_cooler", "temp_set", 16.0, f"{d} 10:00"),
@@ -390,14 +420,7 @@ def test_the_late_setpoints_sensor_requests_the_changed_day_and_nothing_else(war
                               instance=instance).success
 
     def tick(cursor=None):
-        resources = database_resources()
-        with dg.build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            resources={k: resources[k] for k in ("warehouse", "source_database")},
-            repository_def=defs.get_repository_def(),
-        ) as context:
-            return late_setpoints_sensor.evaluate_tick(context)
+        return sensor_tick(late_setpoints_sensor, instance, cursor)
 
     assert not tick().run_requests  # nothing arrived late yet
 
@@ -408,7 +431,220 @@ def test_the_late_setpoints_sensor_requests_the_changed_day_and_nothing_else(war
     ])
     with warehouse.begin() as conn:  # a purge: that day keeps what was stored
         conn.exec_driver_sql("DELETE FROM iot.device_setpoints WHERE recorded_at = %s",
-                             (f"{days[2]} 11:00+00",))
+                             (f"{days[3]} 11:00+00",))
     first = tick()
-    assert [r.partition_key for r in first.run_requests] == [days[1].isoformat()]
+    # with the next day, materialized, whose baseline the late snapshot changed
+    covered = range_tags(days[1].isoformat(), days[2].isoformat())
+    assert [(r.partition_key, {k: r.tags.get(k) for k in covered}) for r in first.run_requests] == [
+        (None, covered)
+    ]
     assert not tick(first.cursor).run_requests  # already requested: not again
+
+
+# CONTRACTS.md, "The farm's catalog": device type → point → (kind, deadband, labels).
+OFF_ON = {0.0: "off", 1.0: "on"}
+MODES = {0.0: "off", 1.0: "auto", 2.0: "manual"}
+HUMIDIFIER = {"mode": ("enum", 0.0, MODES), "on": ("analog", 1.0, {}), "off": ("analog", 1.0, {})}
+FARM_CATALOG = {
+    "air_cooler": {
+        "on_off": ("switch", 0.0, OFF_ON),
+        "temp_set": ("analog", 0.1, {}),
+        "temp_diffset": ("analog", 0.1, {}),
+        "cyc_on_time": ("analog", 1.0, {}),
+        "cyc_off_time": ("analog", 1.0, {}),
+        "air_on_off": ("switch", 0.0, OFF_ON),
+        "hum_on_off": ("switch", 0.0, OFF_ON),
+        "cyc_on_off": ("switch", 0.0, OFF_ON),
+    },
+    "fresh_air_fan": {
+        "mode": ("enum", 0.0, MODES),
+        "control": ("enum", 0.0, {0.0: "timer", 1.0: "CO2 control"}),
+        "co2_on": ("analog", 50.0, {}),
+        "co2_off": ("analog", 50.0, {}),
+        "on": ("analog", 1.0, {}),
+        "off": ("analog", 1.0, {}),
+    },
+    "left_humidifier": HUMIDIFIER,
+    "right_humidifier": HUMIDIFIER,
+    "grow_light": {
+        "model": ("enum", 0.0, MODES),
+        "on_mset": ("analog", 1.0, {}),
+        "off_mset": ("analog", 1.0, {}),
+        **{f"on_off{n}": ("switch", 0.0, {0.0: "off", 1.0: "auto"}) for n in range(1, 5)},
+        **{f"choose{n}": ("enum", 0.0, {0.0: "white", 1.0: "blue light"}) for n in range(1, 5)},
+    },
+    "mushroom_info": {
+        point: ("batch", 0.0, {}) for point in ("in_year", "in_month", "in_day", "in_num", "in_day_num")
+    },
+}
+FARM_ROOMS = ("607", "608", "611", "612")
+
+
+def test_the_shipped_catalog_reads_every_point_of_the_farm_as_the_contract_says():
+    config = load_point_config()
+    for room in FARM_ROOMS:
+        for kind_of_device, points in FARM_CATALOG.items():
+            device = f"{kind_of_device}_{room}"
+            for point, (kind, deadband, labels) in points.items():
+                expected = PointTreatment(kind, deadband, kind == "batch", True, labels)
+                assert config.treatment(room, device, point) == expected, (device, point)
+    # The batch section names the batch device's points.
+    batches = config.batches
+    assert {batches.entry_year, batches.entry_month, batches.entry_day, batches.bags,
+            batches.growth_day} == set(FARM_CATALOG["mushroom_info"])
+    # No dead rule: each is the first match (the one that wins) of some point of the farm.
+    winners = {
+        next(n for n, rule in enumerate(config.rules) if rule.matches(room, f"{kind}_{room}", point))
+        for room in FARM_ROOMS for kind, points in FARM_CATALOG.items() if kind != "mushroom_info"
+        for point in points
+    }
+    assert winners == set(range(len(config.rules)))
+
+
+def labelled_events(warehouse) -> list[list]:
+    frame = query(
+        warehouse,
+        "SELECT device, point, old_value, new_value, change_kind, old_label, new_label "
+        "FROM mushroom.setpoint_change_events ORDER BY device, point, changed_at",
+    )
+    return frame.astype(object).where(frame.notna(), None).values.tolist()  # NULL as None
+
+
+def test_events_carry_the_catalogs_labels_and_its_switches_get_statistics(warehouse):
+    def changing(device, point, before, after):
+        return [("607", device, point, before, "2026-01-13 08:00"),
+                ("607", device, point, after, "2026-01-13 09:00")]
+
+    insert_setpoints(warehouse, [
+        *changing("fresh_air_fan_607", "control", 1.0, 0.0),
+        *changing("left_humidifier_607", "mode", 1.0, 2.0),
+        *changing("grow_light_607", "on_off2", 0.0, 1.0),
+        *changing("grow_light_607", "choose1", 0.0, 3.0),  # a colour the catalog does not name
+        *changing("air_cooler_607", "temp_set", 16.0, 17.0),
+    ])
+    result = run("2026-01-13")
+    assert labelled_events(warehouse) == [
+        ["air_cooler_607", "temp_set", 16.0, 17.0, "changed", None, None],
+        ["fresh_air_fan_607", "control", 1.0, 0.0, "changed", "CO2 control", "timer"],
+        ["grow_light_607", "choose1", 0.0, 3.0, "changed", "white", None],
+        ["grow_light_607", "on_off2", 0.0, 1.0, "switched_on", "off", "auto"],
+        ["left_humidifier_607", "mode", 1.0, 2.0, "changed", "auto", "manual"],
+    ]
+    metadata = event_metadata(result)
+    assert metadata["values_without_label"] == 1
+    assert (metadata["points_tracked"], metadata["points_uncovered"]) == (5, 0)
+    assert "CO2 control" in metadata["latest_events"]
+    stats = switch_stats(warehouse)
+    assert stats[["device", "point", "switch_ons", "switch_offs", "minutes_on"]].values.tolist() == [
+        ["grow_light_607", "on_off2", 1, 0, 15 * 60.0]
+    ]
+
+
+def test_jitter_under_the_catalogs_deadband_is_no_event(warehouse):
+    def snapshots(values, hour):
+        return [("607", device, point, value, at(f"2026-01-13 {hour:02d}:00") + pd.Timedelta(minutes=m))
+                for (device, point), series in values.items() for m, value in enumerate(series)]
+
+    insert_setpoints(warehouse, snapshots({
+        ("fresh_air_fan_607", "co2_on"): [1000.0, 1030.0, 980.0, 1020.0],  # deadband 50
+        ("air_cooler_607", "temp_set"): [16.5, 16.55, 16.5],  # deadband 0.1
+    }, 8))
+    run("2026-01-13")
+    assert events(warehouse).empty
+    insert_setpoints(warehouse, snapshots({
+        ("fresh_air_fan_607", "co2_on"): [1050.0],  # 50 from the reported 1000
+        ("air_cooler_607", "temp_set"): [16.6],  # one step of the 0.1 °C resolution
+    }, 9))
+    run("2026-01-13")
+    assert events(warehouse)[["point", "changed_at", "old_value", "new_value"]].values.tolist() == [
+        ["temp_set", at("2026-01-13 09:00"), 16.5, 16.6],
+        ["co2_on", at("2026-01-13 09:00"), 1000.0, 1050.0],
+    ]
+
+
+def test_the_batch_device_makes_no_events_nor_switch_statistics(warehouse):
+    hours = [at("2026-01-13 00:00") + pd.Timedelta(hours=h) for h in range(24)]
+    batch = {"in_year": lambda h: 2026.0, "in_month": lambda h: 1.0, "in_day": lambda h: 2.0,
+             "in_num": lambda h: 500.0 - h,  # a count of bags, changing every hour
+             "in_day_num": lambda h: 11.0 if h < 12 else 12.0}  # the growth day turns at noon
+    insert_setpoints(warehouse, [
+        ("607", "mushroom_info_607", point, value(h), t)
+        for point, value in batch.items() for h, t in enumerate(hours)
+    ] + [("607", "air_cooler_607", "on_off", float(h >= 6), t) for h, t in enumerate(hours)])
+    result = run("2026-01-13")
+    assert labelled_events(warehouse) == [
+        ["air_cooler_607", "on_off", 0.0, 1.0, "switched_on", "off", "on"]
+    ]
+    metadata = event_metadata(result)
+    assert metadata["batch_points"] == 5
+    assert (metadata["points_tracked"], metadata["points_excluded"]) == (1, 0)
+    assert metadata["excluded_points"] == []
+    assert query(warehouse, "SELECT * FROM mushroom.setpoint_snapshots_quarantine").empty
+    assert switch_stats(warehouse)[["device", "point"]].values.tolist() == [["air_cooler_607", "on_off"]]
+
+
+def test_a_switch_value_other_than_0_or_1_is_a_change_not_a_switch_off(
+    warehouse, tmp_path, monkeypatch
+):
+    # Snapshots taken while the catalog read `relay` as analog, events made after it became a
+    # switch: 2 passed validation, and is neither on nor off.
+    insert_setpoints(warehouse, [
+        ("601", "panel", "relay", value, at("2026-01-13 09:00") + pd.Timedelta(minutes=m))
+        for m, value in enumerate([0.0, 2.0, 0.0, 1.0])
+    ])
+    use_config(monkeypatch, tmp_path, [])
+    run("2026-01-13", selection=[setpoint_snapshots])
+    use_config(monkeypatch, tmp_path, [{"point": "relay", "kind": "switch"}])
+    run("2026-01-13", selection=[setpoint_change_events])
+    assert labelled_events(warehouse) == [
+        ["panel", "relay", 0.0, 2.0, "changed", "off", None],
+        ["panel", "relay", 2.0, 0.0, "switched_off", None, "off"],
+        ["panel", "relay", 0.0, 1.0, "switched_on", "off", "on"],
+    ]
+
+
+@pytest.fixture(params=["same database", "separate database"])
+def source_and_resources(request, warehouse) -> tuple[PostgresResource, dict[str, object]]:
+    """(source, resources): the source tables in the warehouse database, or in a database of
+    their own (the window's rows then staged into the warehouse)."""
+    resources = database_resources()
+    if request.param == "same database":
+        return warehouse, resources
+    admin = sa.create_engine(embedded.server_url(warehouse.home, "postgres"),
+                             isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        embedded.create_database(conn, "setpoint_source")
+    admin.dispose()
+    source = PostgresResource(url=embedded.server_url(warehouse.home, "setpoint_source"),
+                              home=warehouse.home, url_variable="MUSHROOM_SOURCE_DATABASE_URL")
+    with source.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA IF EXISTS iot CASCADE")
+        conn.exec_driver_sql(SETPOINT_DDL)
+    return source, {**resources, "source_database": source}
+
+
+def test_a_catalog_switch_holding_another_value_is_quarantined_and_never_a_baseline(
+    warehouse, source_and_resources
+):
+    source, resources = source_and_resources
+    light = ("607", "grow_light_607", "on_off1")  # a switch by the catalog, not by its name
+    insert_setpoints(source, [
+        (*light, 1.0, "2026-01-12 22:00"),
+        (*light, 2.0, "2026-01-12 23:00"),  # invalid: the baseline is 22:00's
+        (*light, 1.0, "2026-01-13 01:00"),  # the same as the baseline: no change
+        (*light, 2.0, "2026-01-13 02:00"),
+        (*light, 0.0, "2026-01-13 03:00"),
+        ("607", "cabinet_607", "on_off1", 2.0, "2026-01-13 02:00"),  # no rule: an analog point
+    ])
+    result = run("2026-01-13", resources=resources)
+    quarantine = query(warehouse, "SELECT device, point, value, reason "
+                                  "FROM mushroom.setpoint_snapshots_quarantine")
+    assert quarantine.values.tolist() == [["grow_light_607", "on_off1", 2.0, "not_a_switch_value"]]
+    assert labelled_events(warehouse) == [
+        ["grow_light_607", "on_off1", 1.0, 0.0, "switched_off", "auto", "off"]
+    ]
+    snapshots = result.asset_materializations_for_node("setpoint_snapshots")[0].metadata
+    assert snapshots["switch_points"].value == 1
+    assert snapshots["baselines_before_window"].value == 1
+    staged = query(warehouse, "SELECT tablename FROM pg_tables WHERE schemaname = 'mushroom_staging'")
+    assert staged.empty  # the switches', baselines' and source rows' staging tables are gone

@@ -1,7 +1,10 @@
 """Device setpoints: snapshots → exact change events → daily switching statistics."""
 
+from functools import partial
+
 import dagster as dg
 
+from mushroom_pipeline.catalog.points import BATCH_KIND
 from mushroom_pipeline.checks.setpoints import (
     chain_spec,
     check_chain,
@@ -30,10 +33,12 @@ from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 from mushroom_pipeline.setpoints.changes import (
     EVENT_TYPES,
+    POINTS_TABLE,
     REFERENCE_TYPES,
     REFERENCES_TABLE,
     detect_changes,
     point_treatments,
+    stage_tracked_points,
 )
 from mushroom_pipeline.setpoints.snapshots import (
     KEY,
@@ -42,6 +47,7 @@ from mushroom_pipeline.setpoints.snapshots import (
     quarantine_relation,
     snapshots_relation,
     staged_baselines,
+    window_points,
 )
 
 SNAPSHOTS_SCHEMA = column_schema(
@@ -62,8 +68,12 @@ QUARANTINE_SCHEMA = column_schema(
     ("recorded_at", "timestamptz"),
     ("reason", "text", "blank_key, null_value, nan_value, not_a_switch_value, conflicting_duplicate…"),
 )
+EVENT_DESCRIPTIONS = {
+    "old_label": "the catalog's name of old_value (switch and enum points; NULL: none)",
+    "new_label": "the catalog's name of new_value (switch and enum points; NULL: none)",
+}
 EVENTS_SCHEMA = column_schema(
-    *[(name, pg_type) for name, pg_type in EVENT_TYPES.items()]
+    *[(name, pg_type, EVENT_DESCRIPTIONS.get(name)) for name, pg_type in EVENT_TYPES.items()]
 )
 SWITCH_STATS_SCHEMA = column_schema(
     ("day", "date"),
@@ -90,7 +100,8 @@ SETPOINTS_LEDGER = SourceLedger(
     description="The day's valid snapshots of iot.device_setpoints (repeats folded) plus, for "
     "each point with snapshots that day, its last snapshot before the day, its baseline. Invalid "
     "rows go to "
-    f"mushroom.{QUARANTINE_TABLE} with their reason.",
+    f"mushroom.{QUARANTINE_TABLE} with their reason (a switch of the farm's catalog holding "
+    "a value other than 0/1: not_a_switch_value).",
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -104,29 +115,39 @@ def setpoint_snapshots(
     config: SourceWindowConfig,
     source_database: PostgresResource,
     warehouse: PostgresResource,
+    farm_catalog: FarmCatalogResource,
 ):
     window = context.partition_time_window
-    with quarantined_source(
+    # The staging tables live until the snapshots' INSERT … SELECT, which runs on the yield.
+    with window_points(
+        source_database, warehouse, window, farm_catalog.points(),
+        f"setpoint_switches_{context.run_id}",
+    ) as points, quarantined_source(
         context,
         source_database,
         warehouse,
         SETPOINTS_LEDGER,
         SOURCE_COLUMNS,
-        quarantine_relation,
+        partial(quarantine_relation, switches=points.switches_table),
         column_types(QUARANTINE_SCHEMA),
         config.allow_shrink,
     ) as source, staged_baselines(
-        source_database, warehouse, window, f"setpoint_baselines_{context.run_id}"
+        source_database, warehouse, window, points, f"setpoint_baselines_{context.run_id}"
     ) as (earlier, found):
         yield dg.Output(
-            snapshots_relation(source.table, window, earlier),
-            metadata={**source.metadata(), "baselines_before_window": found},
+            snapshots_relation(source.table, window, earlier, points.switches_table),
+            metadata={
+                **source.metadata(),
+                "baselines_before_window": found,
+                "switch_points": len(points.switches),
+            },
         )
 
 
 @dg.asset(
     description="One row per change of a tracked device point (../shared/CONTRACTS.md): exactly "
-    "once across midnight and run boundaries; switches as switched_on / switched_off. The "
+    "once across midnight and run boundaries; switches as switched_on / switched_off; values "
+    "named by the farm's catalog (old_label / new_label); the batch device's points never. The "
     f"reference of each deadband point at each day's end goes to mushroom.{REFERENCES_TABLE}.",
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
@@ -154,22 +175,33 @@ def setpoint_change_events(
         REFERENCE_TYPES,
     )
     events = changes.events
-    excluded = treatments[treatments["excluded"]]
+    batch = treatments["kind"] == BATCH_KIND
+    excluded = treatments[treatments["excluded"] & ~batch]
+    tracked = ~treatments["excluded"]
     context.log.info(
-        f"{len(events)} change events from {len(treatments)} points "
-        f"({len(excluded)} excluded by {config.source}); {changes.references_from_baseline} "
-        "deadband point(s) started from their baseline snapshot (no stored reference)"
+        f"{len(events)} change events from {len(treatments)} points ({len(excluded)} excluded "
+        f"by {config.source}, {int(batch.sum())} of the batch device); "
+        f"{changes.references_from_baseline} deadband point(s) started from their baseline "
+        "snapshot (no stored reference)"
     )
-    latest = events.sort_values("changed_at", ascending=False)
+    # the values beside their names, newest first
+    latest = events.sort_values("changed_at", ascending=False)[
+        ["changed_at", "room", "device", "point", "old_value", "old_label", "new_value",
+         "new_label", "change_kind"]
+    ]
     yield dg.Output(
         events,
         metadata={
             "events_by_kind": dg.MetadataValue.json(events["change_kind"].value_counts().to_dict()),
             "events_by_room": dg.MetadataValue.json(events["room"].value_counts().to_dict()),
             "events_by_device": dg.MetadataValue.json(events["device"].value_counts().to_dict()),
-            "points_tracked": int((~treatments["excluded"]).sum()),
+            "points_tracked": int(tracked.sum()),
+            # tracked by the contract's default: no rule of the catalog matched them
+            "points_uncovered": int((tracked & ~treatments["configured"]).sum()),
             "points_excluded": len(excluded),
             "excluded_points": dg.MetadataValue.json(sorted(set(excluded["point"]))),
+            "batch_points": int(batch.sum()),
+            "values_without_label": changes.values_without_label,
             "point_config": config.source,
             "deadband_references_from_baseline": changes.references_from_baseline,
             "latest_events": markdown_preview(latest),
@@ -185,8 +217,8 @@ WITH switches AS (
     SELECT {key}, value, greatest(recorded_at, '{start}'::timestamptz) AS t0,
            coalesce(lead(recorded_at) OVER (PARTITION BY {key} ORDER BY recorded_at),
                     least('{end}'::timestamptz, now())) AS t1
-    FROM ({snapshots}) s
-    WHERE point ~ '(^|_)on_off$'
+    FROM ({snapshots}) s JOIN {points} p USING ({key})
+    WHERE p.kind = 'switch'
 ), first_seen AS (
     SELECT {key}, min(t0) AS first_at FROM switches GROUP BY {key}
 ), days AS (
@@ -220,8 +252,9 @@ ORDER BY 1, 2, 3, 4
 
 
 @dg.asset(
-    description="Per day, room, device and switch point: switch-ons, switch-offs, minutes ON and "
-    "OFF (the figures of ioBroker / Home Assistant statistics).",
+    description="Per day, room, device and tracked switch point of the farm's catalog: "
+    "switch-ons, switch-offs, minutes ON and OFF (the figures of ioBroker / Home Assistant "
+    "statistics).",
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -232,18 +265,23 @@ ORDER BY 1, 2, 3, 4
 def switch_daily_stats(
     context: dg.AssetExecutionContext,
     warehouse: PostgresResource,
+    farm_catalog: FarmCatalogResource,
     setpoint_snapshots: PostgresRelation,
     setpoint_change_events: PostgresRelation,
 ):
     window = context.partition_time_window
     sql = SWITCH_STATS_SQL.format(
         key=KEY,
+        points=POINTS_TABLE,
         start=window.start.isoformat(),
         end=window.end.isoformat(),
         snapshots=setpoint_snapshots.sql,
         events=setpoint_change_events.sql,
     )
     with warehouse.begin() as conn:
+        # the catalog's switches, as the change events read them (batch and excluded points: none)
+        treatments = point_treatments(conn, setpoint_snapshots.sql, farm_catalog.points())
+        stage_tracked_points(conn, treatments)
         stats = read_frame(conn, sql, column_types(SWITCH_STATS_SCHEMA))
     return dg.Output(
         stats,

@@ -6,6 +6,9 @@ snapshots in order: that runs in Python, over those points' snapshots only. The 
 carries across days: each run returns, per day and point, the reference in force at the day's
 end (stored in mushroom.setpoint_deadband_references), and a point's first day of a run starts
 from the reference stored for its baseline's day, else from the baseline snapshot itself.
+A change counts when the value moved at least the deadband: jitter strictly below it is none.
+
+Switch and enum events carry the labels the catalog gives their old and new values.
 """
 
 from dataclasses import dataclass
@@ -14,11 +17,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from mushroom_pipeline.io.postgres import copy_frame, read_frame
 from mushroom_pipeline.catalog.points import PointConfig
+from mushroom_pipeline.io.postgres import copy_frame, read_frame
 from mushroom_pipeline.setpoints.snapshots import KEY
 
-EVENT_TYPES = {
+CHANGE_TYPES = {  # what the comparisons give; the labels are added from the treatments
     "day": "date",
     "room": "text",
     "device": "text",
@@ -28,6 +31,7 @@ EVENT_TYPES = {
     "new_value": "double precision",
     "change_kind": "text",
 }
+EVENT_TYPES = {**CHANGE_TYPES, "old_label": "text", "new_label": "text"}
 REFERENCES_TABLE = "setpoint_deadband_references"
 REFERENCE_TYPES = {
     "day": "date",
@@ -36,7 +40,8 @@ REFERENCE_TYPES = {
     "point": "text",
     "reference": "double precision",
 }
-TREATMENT_COLUMNS = ["room", "device", "point", "kind", "deadband", "excluded", "configured"]
+TREATMENT_COLUMNS = ["room", "device", "point", "kind", "deadband", "excluded", "configured",
+                     "labels"]
 POINT_TYPES = {"room": "text", "device": "text", "point": "text", "kind": "text",
                "deadband": "double precision"}
 POINTS_TABLE = "tracked_points"  # temporary: lives as long as the caller's transaction
@@ -47,6 +52,7 @@ class Changes:
     events: pd.DataFrame  # EVENT_TYPES
     references: pd.DataFrame  # REFERENCE_TYPES: per day and deadband point, at the day's end
     references_from_baseline: int  # deadband points whose previous reference was not stored
+    values_without_label: int = 0  # events on labelled points whose old or new value has no label
 
 
 def point_treatments(connection: sa.Connection, snapshots_sql: str, config: PointConfig) -> pd.DataFrame:
@@ -55,30 +61,48 @@ def point_treatments(connection: sa.Connection, snapshots_sql: str, config: Poin
     for room, device, point in points:
         treatment = config.treatment(room, device, point)
         rows.append((room, device, point, treatment.kind, treatment.deadband,
-                     treatment.excluded, treatment.configured))
+                     treatment.excluded, treatment.configured, treatment.labels))
     return pd.DataFrame(rows, columns=TREATMENT_COLUMNS)
 
 
-def detect_changes(connection: sa.Connection, snapshots_sql: str, treatments: pd.DataFrame) -> Changes:
-    """Runs in one transaction of `connection`: the tracked points go in by COPY to a temporary
-    table that the queries join."""
-    tracked = treatments[~treatments["excluded"]]
+def stage_tracked_points(connection: sa.Connection, treatments: pd.DataFrame) -> None:
+    """The tracked points (kind, deadband) COPYed into the temporary table POINTS_TABLE, which
+    the queries of this transaction of `connection` join; dropped when it commits."""
     connection.exec_driver_sql(
         f"CREATE TEMPORARY TABLE {POINTS_TABLE} "
         f"({', '.join(f'{c} {t}' for c, t in POINT_TYPES.items())}) ON COMMIT DROP"
     )
+    tracked = treatments[~treatments["excluded"]]
     copy_frame(connection, POINTS_TABLE, tracked[list(POINT_TYPES)], POINT_TYPES)
+
+
+def detect_changes(connection: sa.Connection, snapshots_sql: str, treatments: pd.DataFrame) -> Changes:
+    """Runs in one transaction of `connection` (see stage_tracked_points)."""
+    stage_tracked_points(connection, treatments)
     exact = _exact_changes(connection, snapshots_sql)
-    if (tracked["deadband"] > 0).any():
+    if (treatments.loc[~treatments["excluded"], "deadband"] > 0).any():
         banded = _deadband_changes(connection, snapshots_sql, exact["changed_at"].dt.tz)
     else:
         banded = Changes(exact.iloc[:0], pd.DataFrame(columns=list(REFERENCE_TYPES)), 0)
     events = pd.concat([f for f in (exact, banded.events) if len(f)] or [exact], ignore_index=True)
-    return Changes(
-        events.sort_values(["changed_at", "room", "device", "point"], ignore_index=True),
-        banded.references,
-        banded.references_from_baseline,
+    events, unlabelled = _labelled(
+        events.sort_values(["changed_at", "room", "device", "point"], ignore_index=True), treatments
     )
+    return Changes(events, banded.references, banded.references_from_baseline, unlabelled)
+
+
+def _labelled(events: pd.DataFrame, treatments: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The events with old_label / new_label (None: no label for that value, or an analog
+    point), and how many events on labelled points lack a label."""
+    labels = dict(zip(zip(treatments["room"], treatments["device"], treatments["point"]),
+                      treatments["labels"]))
+    point_labels = [labels[key] for key in zip(events["room"], events["device"], events["point"])]
+    old = [names.get(value) for names, value in zip(point_labels, events["old_value"])]
+    new = [names.get(value) for names, value in zip(point_labels, events["new_value"])]
+    unlabelled = sum(bool(names) and (o is None or n is None)
+                     for names, o, n in zip(point_labels, old, new))
+    return events.assign(old_label=pd.Series(old, index=events.index, dtype=object),
+                         new_label=pd.Series(new, index=events.index, dtype=object)), unlabelled
 
 
 def _exact_changes(connection, snapshots_sql: str) -> pd.DataFrame:
@@ -86,8 +110,9 @@ def _exact_changes(connection, snapshots_sql: str) -> pd.DataFrame:
         connection,
         f"""
         SELECT changed_at::date AS day, room, device, point, changed_at, old_value, new_value,
-               CASE WHEN kind <> 'switch' THEN 'changed'
-                    WHEN new_value = 1 THEN 'switched_on' ELSE 'switched_off' END AS change_kind
+               CASE WHEN kind = 'switch' AND new_value = 1 THEN 'switched_on'
+                    WHEN kind = 'switch' AND new_value = 0 THEN 'switched_off'
+                    ELSE 'changed' END AS change_kind
         FROM (
             -- a baseline sorts after the snapshot it copies (the next day's, in a range)
             SELECT {KEY}, kind, is_baseline, recorded_at AS changed_at, value AS new_value,
@@ -98,7 +123,7 @@ def _exact_changes(connection, snapshots_sql: str) -> pd.DataFrame:
         ) l
         WHERE NOT is_baseline AND old_value IS NOT NULL AND new_value <> old_value
         """,
-        EVENT_TYPES,
+        CHANGE_TYPES,
     )
 
 
@@ -128,8 +153,8 @@ def _deadband_changes(connection, snapshots_sql: str, zone) -> Changes:
     )
     events, references, from_baseline = [], {}, 0
     for key, group in snapshots.groupby(["room", "device", "point"], sort=False):
-        # a hair over the deadband: 16.50 → 16.55 is not a change of a 0.05 deadband
-        threshold = group["deadband"].iloc[0] + 1e-9
+        # a hair under the deadband: 16.5 → 16.6 (0.0999…) is a step of a 0.1 deadband
+        threshold = group["deadband"].iloc[0] - 1e-9
         reported = None
         for value, at, day, is_baseline, stored in zip(
             group["value"], group["recorded_at"], group["day"], group["is_baseline"], group["stored"]
@@ -141,11 +166,11 @@ def _deadband_changes(connection, snapshots_sql: str, zone) -> Changes:
                 continue
             if reported is None:
                 reported = value  # the point's first-ever snapshot: no change
-            elif abs(value - reported) > threshold:
+            elif abs(value - reported) >= threshold:
                 events.append((day, *key, at, reported, value, "changed"))
                 reported = value
             references[(day, *key)] = reported
-    frame = pd.DataFrame(events, columns=list(EVENT_TYPES))
+    frame = pd.DataFrame(events, columns=list(CHANGE_TYPES))
     frame["changed_at"] = pd.to_datetime(frame["changed_at"], utc=True).dt.tz_convert(zone)
     return Changes(
         frame.astype({"old_value": np.float64, "new_value": np.float64}),

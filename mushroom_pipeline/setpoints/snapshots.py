@@ -2,22 +2,23 @@
 point's last valid snapshot before that day), so any day's slice stands alone: a change across
 midnight or a run boundary is seen exactly once, whatever runs wrote or read the days.
 
+Which points are switches (0/1, else `not_a_switch_value`) is the catalog's word, decided in
+Python per (room, device, point) of the window: the switch keys reach the warehouse's queries
+as a staging table filled by COPY, and the source database's baseline lookup as bound arrays.
+
 Names and values are data: they travel as bound parameters or through COPY, never as SQL text."""
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
-from dagster._core.storage.db_io_manager import TableSlice
 
-from mushroom_pipeline.io.postgres import (
-    PostgresRelation,
-    qualified_name,
-    replace_table_slice,
-)
-from mushroom_pipeline.io.source import window_predicate
+from mushroom_pipeline.catalog.points import PointConfig
+from mushroom_pipeline.io.postgres import PostgresRelation
+from mushroom_pipeline.io.source import staged_frame, window_predicate
 from mushroom_pipeline.resources import PostgresResource
 
 SOURCE_TABLE = "iot.device_setpoints"
@@ -29,6 +30,7 @@ SOURCE_COLUMNS = {
     "recorded_at": "timestamptz",
 }
 KEY = "room, device, point"
+KEY_TYPES = {"room": "text", "device": "text", "point": "text"}
 # Snapshots are periodic: the last hour before the day nearly always holds every point's
 # baseline; points silent longer are looked up further back, up to a year.
 BASELINE_LOOKBACKS = (
@@ -38,46 +40,53 @@ BASELINE_LOOKBACKS = (
     dt.timedelta(days=31),
     dt.timedelta(days=366),
 )
-STAGING_SCHEMA = "mushroom_staging"
 
-REASON = """CASE
+
+def _reason(switches: str) -> str:
+    """Why a row is invalid (NULL: valid). `switches`: a FROM item (with its alias) of the
+    (room, device, point) keys the catalog reads as switches."""
+    return f"""CASE
         WHEN coalesce(btrim(room), '') = '' OR coalesce(btrim(device), '') = ''
              OR coalesce(btrim(point), '') = '' THEN 'blank_key'
         WHEN value IS NULL THEN 'null_value'
         WHEN value = 'NaN' THEN 'nan_value'
         WHEN value IN ('Infinity', '-Infinity') THEN 'infinite_value'
-        WHEN point ~ '(^|_)on_off$' AND value NOT IN (0, 1)
+        WHEN value NOT IN (0, 1) AND ({KEY}) IN (SELECT {KEY} FROM {switches})
              THEN 'not_a_switch_value'
     END"""
 
 
-def _classified(table: str, where: str) -> str:
-    return f"SELECT {KEY}, value, recorded_at, {REASON} AS reason FROM {table} WHERE {where}"
+def _classified(table: str, where: str, switches: str) -> str:
+    return f"SELECT {KEY}, value, recorded_at, {_reason(switches)} AS reason FROM {table} WHERE {where}"
 
 
-def _valid(table: str, where: str, join: str = "") -> str:
+def _valid(table: str, where: str, switches: str, join: str = "") -> str:
     """Valid snapshots, identical repeats folded (source_rows); a time of a point with two
     values is no snapshot. `join` narrows the rows before they are grouped."""
     return (
         f"SELECT {KEY}, min(value) AS value, recorded_at, count(*) AS source_rows "
-        f"FROM ({_classified(table, where)}) c {join} WHERE reason IS NULL "
+        f"FROM ({_classified(table, where, switches)}) c {join} WHERE reason IS NULL "
         f"GROUP BY {KEY}, recorded_at HAVING min(value) = max(value)"
     )
 
 
-def _conflicts(table: str, window: dg.TimeWindow) -> str:
+def _conflicts(table: str, window: dg.TimeWindow, switches: str) -> str:
     """Keys at which one snapshot time carries different values: no value can be trusted."""
+    classified = _classified(table, window_predicate("recorded_at", window), switches)
     return (
-        f"SELECT {KEY}, recorded_at FROM ({_classified(table, window_predicate('recorded_at', window))}) c "
+        f"SELECT {KEY}, recorded_at FROM ({classified}) c "
         f"WHERE reason IS NULL GROUP BY {KEY}, recorded_at HAVING min(value) <> max(value)"
     )
 
 
-def snapshots_relation(table: str, window: dg.TimeWindow, earlier: str) -> PostgresRelation:
+def snapshots_relation(
+    table: str, window: dg.TimeWindow, earlier: str, switches: str
+) -> PostgresRelation:
     """Valid snapshots of the window, plus for each point and day with snapshots its baseline:
     the previous snapshot (LAG), from an earlier day of the window or from `earlier` (each
-    point's last snapshot before the window). A baseline is a copy: source_rows 0."""
-    valid = _valid(table, window_predicate("recorded_at", window))
+    point's last snapshot before the window). A baseline is a copy: source_rows 0. `switches`:
+    the staged switch keys (WindowPoints.switches_table)."""
+    valid = _valid(table, window_predicate("recorded_at", window), switches)
     chained = (
         f"SELECT {KEY}, value, recorded_at, source_rows, in_window, "
         "lag(value) OVER w AS previous_value, lag(recorded_at) OVER w AS previous_at "
@@ -97,34 +106,75 @@ def snapshots_relation(table: str, window: dg.TimeWindow, earlier: str) -> Postg
     )
 
 
-def quarantine_relation(table: str, window: dg.TimeWindow) -> PostgresRelation:
-    classified = _classified(table, window_predicate("recorded_at", window))
+def quarantine_relation(
+    table: str, window: dg.TimeWindow, switches: str
+) -> PostgresRelation:
+    classified = _classified(table, window_predicate("recorded_at", window), switches)
     return PostgresRelation(
         f"SELECT {KEY}, value, recorded_at, reason FROM ({classified}) c WHERE reason IS NOT NULL\n"
         f"UNION ALL\nSELECT {KEY}, value, recorded_at, 'conflicting_duplicate' "
-        f"FROM ({classified}) c JOIN ({_conflicts(table, window)}) x USING ({KEY}, recorded_at) "
-        "WHERE c.reason IS NULL"
+        f"FROM ({classified}) c JOIN ({_conflicts(table, window, switches)}) x "
+        f"USING ({KEY}, recorded_at) WHERE c.reason IS NULL"
     )
 
 
-def find_baselines(source: PostgresResource, window: dg.TimeWindow) -> pd.DataFrame:
-    """Each point of the window's last valid snapshot before it, looking back step by step."""
-    wanted = f"unnest(%(rooms)s::text[], %(devices)s::text[], %(points)s::text[]) AS w({KEY})"
-    found: list[tuple] = []
+def _arrays(prefix: str, keys: Collection[tuple]) -> dict[str, list]:
+    """Keys as the bound arrays of `_unnested(prefix)`."""
+    columns = [list(column) for column in zip(*keys)] or [[], [], []]
+    return {f"{prefix}{name}": column for name, column in zip(KEY_TYPES, columns)}
+
+
+def _unnested(prefix: str, alias: str) -> str:
+    arrays = ", ".join(f"%({prefix}{name})s::text[]" for name in KEY_TYPES)
+    return f"unnest({arrays}) AS {alias}({KEY})"
+
+
+@dataclass(frozen=True)
+class WindowPoints:
+    keys: list[tuple[str, str, str]]  # every (room, device, point) with a source row in the window
+    switches: list[tuple[str, str, str]]  # those the catalog reads as switches
+    switches_table: str  # the switches, staged in the warehouse for its queries
+
+
+@contextmanager
+def window_points(
+    source: PostgresResource, warehouse: PostgresResource, window: dg.TimeWindow,
+    config: PointConfig, name: str,
+) -> Iterator[WindowPoints]:
+    """The window's points, classified by the catalog; the switches staged until exit."""
     with source.begin() as conn:
-        missing = {tuple(row) for row in conn.exec_driver_sql(
+        # No table: no points; quarantined_source then fails naming the table and its variable.
+        exists = conn.exec_driver_sql("SELECT to_regclass(%s)", (SOURCE_TABLE,)).scalar()
+        keys = [tuple(row) for row in conn.exec_driver_sql(
             f"SELECT DISTINCT {KEY} FROM {SOURCE_TABLE} WHERE {window_predicate('recorded_at', window)}"
-        )}
+        )] if exists else []
+    # A key with a NULL part is a blank_key whatever its kind.
+    switches = [key for key in keys
+                if None not in key and config.treatment(*key).kind == "switch"]
+    with staged_frame(
+        warehouse, name, pd.DataFrame(switches, columns=list(KEY_TYPES)), KEY_TYPES
+    ) as table:
+        yield WindowPoints(keys, switches, table)
+
+
+def find_baselines(
+    source: PostgresResource, window: dg.TimeWindow, points: WindowPoints
+) -> pd.DataFrame:
+    """Each point of the window's last valid snapshot before it, looking back step by step."""
+    wanted = f"JOIN {_unnested('', 'w')} USING ({KEY})"
+    switches = _unnested("switch_", "sw")
+    found: list[tuple] = []
+    missing = set(points.keys)
+    with source.begin() as conn:
         for lookback in BASELINE_LOOKBACKS:
             if not missing:
                 break
-            rooms, devices, points = (list(column) for column in zip(*missing))
             before = window_predicate("recorded_at", dg.TimeWindow(window.start - lookback, window.start))
             rows = conn.exec_driver_sql(
                 f"SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at "
-                f"FROM ({_valid(SOURCE_TABLE, before, f'JOIN {wanted} USING ({KEY})')}) v "
+                f"FROM ({_valid(SOURCE_TABLE, before, switches, wanted)}) v "
                 f"ORDER BY {KEY}, recorded_at DESC",
-                {"rooms": rooms, "devices": devices, "points": points},
+                {**_arrays("", missing), **_arrays("switch_", points.switches)},
             ).all()
             found.extend(rows)
             missing -= {tuple(row[:3]) for row in rows}
@@ -133,14 +183,10 @@ def find_baselines(source: PostgresResource, window: dg.TimeWindow) -> pd.DataFr
 
 @contextmanager
 def staged_baselines(
-    source: PostgresResource, warehouse: PostgresResource, window: dg.TimeWindow, name: str
+    source: PostgresResource, warehouse: PostgresResource, window: dg.TimeWindow,
+    points: WindowPoints, name: str,
 ) -> Iterator[tuple[str, int]]:
-    """(table, rows): the baselines before the window, copied into a warehouse table for the
-    snapshots' INSERT … SELECT (which runs after the asset yields), dropped on exit."""
-    staged = TableSlice(table=name, schema=STAGING_SCHEMA)
-    rows = replace_table_slice(warehouse, staged, find_baselines(source, window), SOURCE_COLUMNS)
-    try:
-        yield qualified_name(staged), rows
-    finally:
-        with warehouse.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified_name(staged)}")
+    """(table, rows): the baselines before the window, staged in the warehouse until exit."""
+    baselines = find_baselines(source, window, points)
+    with staged_frame(warehouse, name, baselines, SOURCE_COLUMNS) as table:
+        yield table, len(baselines)
