@@ -82,7 +82,8 @@ def farm_catalog_resource() -> FarmCatalogResource:
 
 def database_resources() -> dict[str, object]:
     """What the Postgres assets need: both databases, the I/O manager and the farm's catalog."""
-    common = {"home": str(SETTINGS.home), "timezone": SETTINGS.timezone}
+    common = {"home": str(SETTINGS.home), "timezone": SETTINGS.timezone,
+              "lock_timeout_s": _positive_int("MUSHROOM_LOCK_TIMEOUT_S", 300)}
     warehouse = PostgresResource(url=_env_var("MUSHROOM_DATABASE_URL"), **common)
     if _env_var("MUSHROOM_SOURCE_DATABASE_URL"):
         source = PostgresResource(

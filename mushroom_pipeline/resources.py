@@ -22,7 +22,7 @@ def _redact(url: sa.URL) -> str:
 
 
 @functools.cache
-def _engine(url: str, variable: str, timezone: str, timeout_s: int) -> sa.Engine:
+def _engine(url: str, variable: str, timezone: str, timeout_s: int, lock_timeout_s: int) -> sa.Engine:
     """One pooled engine per configuration and process, checked by a first connection.
 
     The check makes a missing or unreachable server fail here, within `timeout_s`, with the
@@ -43,9 +43,12 @@ def _engine(url: str, variable: str, timezone: str, timeout_s: int) -> sa.Engine
         # Set per transaction, not per session (no `options` startup parameter): a pooler in
         # transaction mode (PgBouncer) keeps it, and the server's own timezone plays no part.
         # work_mem: a day's sorts and hashes (percentiles, folding) stay in memory.
+        # lock_timeout: a write waiting behind a long backfill fails (and is retried) instead
+        # of hanging.
         connection.exec_driver_sql(
-            "SELECT set_config('TimeZone', %s, true), set_config('work_mem', '64MB', true)",
-            (timezone,),
+            "SELECT set_config('TimeZone', %s, true), set_config('work_mem', '64MB', true), "
+            "set_config('lock_timeout', %s, true)",
+            (timezone, f"{lock_timeout_s}s"),
         )
     try:
         with engine.connect() as conn:
@@ -73,10 +76,14 @@ class PostgresResource(dg.ConfigurableResource):
         default="MUSHROOM_DATABASE_URL", description="named in errors as the variable to fix"
     )
     connect_timeout_s: int = Field(default=5, description="seconds to wait for a connection")
+    lock_timeout_s: int = Field(
+        default=300, description="MUSHROOM_LOCK_TIMEOUT_S: seconds a statement waits for a lock"
+    )
 
     def get_engine(self) -> sa.Engine:
         return _engine(
-            self.url or self._embedded_url(), self.url_variable, self.timezone, self.connect_timeout_s
+            self.url or self._embedded_url(), self.url_variable, self.timezone,
+            self.connect_timeout_s, self.lock_timeout_s,
         )
 
     def _embedded_url(self) -> str:

@@ -12,13 +12,13 @@ import dagster as dg
 import pytest
 
 from mushroom_pipeline.automation.sensors import late_env_readings_sensor
-from mushroom_pipeline.definitions import database_resources, defs
+from mushroom_pipeline.definitions import database_resources
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.setpoints.assets import setpoint_snapshots
 from mushroom_pipeline.vision.embeddings import image_embeddings
 from mushroom_pipeline.vision.manifest import image_manifest
 
-from .helpers import failure_text, insert_readings, insert_setpoints, query
+from .helpers import failure_text, insert_readings, insert_setpoints, query, sensor_tick
 from .test_vision import DAY, key, photo, resources, tiny_clip  # noqa: F401 (fixture)
 
 READINGS_DAY = "2026-01-13"
@@ -83,13 +83,7 @@ def test_the_late_data_sensor_does_not_turn_a_purge_into_a_wipe(warehouse):
     assert materialize([env_readings], day.isoformat(), instance=instance).success
 
     def tick():
-        resources = database_resources()
-        with dg.build_sensor_context(
-            instance=instance,
-            resources={k: resources[k] for k in ("warehouse", "source_database")},
-            repository_def=defs.get_repository_def(),
-        ) as context:
-            return late_env_readings_sensor.evaluate_tick(context)
+        return sensor_tick(late_env_readings_sensor, instance)
 
     with warehouse.begin() as conn:
         conn.exec_driver_sql("DELETE FROM iot.env_readings")

@@ -503,7 +503,8 @@ def cli_env(own_server, farm_env, materialized, s3_endpoint, tmp_path, clip_conf
         MUSHROOM_ALERT_WEBHOOK_URL="http://127.0.0.1:9/alerts",
         MUSHROOM_CLIP_BATCH_SIZE="2",
         MUSHROOM_CLIP_DECODE_THREADS="1",
-        MUSHROOM_SETPOINT_CONFIG=str(REPO / "mushroom_pipeline" / "setpoints" / "points.yaml"),
+        MUSHROOM_SETPOINT_CONFIG=str(REPO / "mushroom_pipeline" / "catalog" / "points.yaml"),
+        MUSHROOM_METRIC_CATALOG=str(REPO / "mushroom_pipeline" / "catalog" / "metrics.yaml"),
     )
 
 

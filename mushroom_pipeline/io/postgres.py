@@ -105,11 +105,29 @@ def _table_exists(connection: sa.Connection, table_slice: TableSlice) -> bool:
     )
 
 
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class WriteLockTimeoutError(dg.Failure):
+    """Another writer held the table longer than the lock timeout: retried by the step's policy."""
+
+
 def lock_table(connection: sa.Connection, table: str) -> None:
     """Writers of one table wait for each other until the transaction ends: concurrent first
     writes cannot both create the schema or the table, nor re-materializations of one partition
-    both delete and then both insert."""
-    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+    both delete and then both insert. The wait is bounded by the session's lock_timeout."""
+    try:
+        with connection.begin_nested():
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+    except sa.exc.DBAPIError as err:
+        if getattr(err.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+            raise
+        waited = connection.exec_driver_sql("SHOW lock_timeout").scalar()
+        message = (f"Waited {waited} for the write lock of {table}: another run (a backfill?) "
+                   "is writing it. The step is retried; MUSHROOM_LOCK_TIMEOUT_S sets the wait.")
+        # logged too: a retry event shows the error's class, not its description
+        dg.get_dagster_logger().warning(message)
+        raise WriteLockTimeoutError(message) from None
 
 
 VECTOR_EXTENSION_LOCK = "mushroom_pipeline: CREATE EXTENSION vector"
@@ -576,6 +594,58 @@ class PostgresPandasIOManager(dg.ConfigurableIOManagerFactory):
 
 
 
+STAGING_SCHEMA = "mushroom_staging"
+
+
+def _keeper_lock(table: str) -> str:
+    # not the table's own write lock (lock_table), which the step takes while filling it
+    return f"staging in use: {table}"
+
+
+def drop_abandoned_staging(database: PostgresResource) -> list[str]:
+    """Drops the staging tables no live step holds (see staging_table): what a run killed
+    mid-step (kill -9, OOM, a lost node) left behind. Returns their names."""
+    with database.begin() as conn:
+        tables = [f"{quote_ident(schema)}.{quote_ident(name)}" for schema, name in conn.exec_driver_sql(
+            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = %s", (STAGING_SCHEMA,)
+        )]
+    dropped = []
+    for table in tables:
+        with database.begin() as conn:
+            if conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
+                                    (_keeper_lock(table),)).scalar():
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+                dropped.append(table)
+    return dropped
+
+
+@contextmanager
+def staging_table(database: PostgresResource, name: str) -> Iterator[str]:
+    """The qualified name of a table in mushroom_staging for one step (`name` unique to it), to
+    create and fill; dropped on exit. While in use it is held by a session advisory lock on a
+    connection of its own, so a process killed mid-step leaves a table nobody holds, and the
+    next staging of any step drops it."""
+    table = f"{quote_ident(STAGING_SCHEMA)}.{quote_ident(name)}"
+    drop_abandoned_staging(database)
+    keeper = database.get_engine().connect()
+    try:
+        # held before the table exists: a table nobody holds is always abandoned
+        keeper.exec_driver_sql("SELECT pg_advisory_lock(hashtext(%s))", (_keeper_lock(table),))
+        keeper.commit()
+        with database.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
+        yield table
+    finally:
+        try:
+            with database.begin() as conn:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            keeper.exec_driver_sql("SELECT pg_advisory_unlock(hashtext(%s))", (_keeper_lock(table),))
+            keeper.commit()
+        finally:
+            keeper.invalidate()  # never back to the pool: no lock can outlive the step
+            keeper.close()
+
+
 @contextmanager
 def source_table(
     source: PostgresResource,
@@ -593,26 +663,21 @@ def source_table(
     if source.get_engine().url == warehouse.get_engine().url:
         yield table
         return
-    staged = f"mushroom_staging.{quote_ident(staging_name)}"
     selects = ", ".join(f"{quote_ident(c)}::{t}" for c, t in columns.items())
-    buffer = io.BytesIO()
-    with source.begin() as conn:
-        conn.connection.dbapi_connection.cursor().copy_expert(
-            f"COPY (SELECT {selects} FROM {table} WHERE {where}) TO STDOUT WITH (FORMAT binary)",
-            buffer,
-        )
-    buffer.seek(0)
-    with warehouse.begin() as conn:
-        conn.exec_driver_sql(
-            f"CREATE SCHEMA IF NOT EXISTS mushroom_staging; DROP TABLE IF EXISTS {staged}; "
-            f"CREATE UNLOGGED TABLE {staged} "
-            f"({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})"
-        )
-        conn.connection.dbapi_connection.cursor().copy_expert(
-            f"COPY {staged} FROM STDIN WITH (FORMAT binary)", buffer
-        )
-    try:
-        yield staged
-    finally:
+    with staging_table(warehouse, staging_name) as staged:
+        buffer = io.BytesIO()
+        with source.begin() as conn:
+            conn.connection.dbapi_connection.cursor().copy_expert(
+                f"COPY (SELECT {selects} FROM {table} WHERE {where}) TO STDOUT WITH (FORMAT binary)",
+                buffer,
+            )
+        buffer.seek(0)
         with warehouse.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {staged}")
+            conn.exec_driver_sql(
+                f"CREATE UNLOGGED TABLE {staged} "
+                f"({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})"
+            )
+            conn.connection.dbapi_connection.cursor().copy_expert(
+                f"COPY {staged} FROM STDIN WITH (FORMAT binary)", buffer
+            )
+        yield staged

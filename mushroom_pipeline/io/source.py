@@ -16,11 +16,12 @@ from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSl
 from pydantic import Field
 
 from mushroom_pipeline.io.postgres import (
+    STAGING_SCHEMA,
     PostgresClient,
     PostgresRelation,
-    qualified_name,
     replace_table_slice,
     source_table,
+    staging_table,
 )
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import UnavailableError
@@ -42,23 +43,16 @@ def time_slice(table: str, column: str, window: dg.TimeWindow) -> TableSlice:
     )
 
 
-STAGING_SCHEMA = "mushroom_staging"
-
-
 @contextmanager
 def staged_frame(
     warehouse: PostgresResource, name: str, frame: pd.DataFrame, types: Mapping[str, str]
 ) -> Iterator[str]:
-    """`frame` COPYed into a warehouse table of `mushroom_staging` (lookup data a run's SQL joins:
-    names and values stay data, never SQL text); yields its qualified name, drops it on exit.
-    Lives until after the asset's output is written (a relation's INSERT … SELECT)."""
-    staged = TableSlice(table=name, schema=STAGING_SCHEMA)
-    replace_table_slice(warehouse, staged, frame, types)
-    try:
-        yield qualified_name(staged)
-    finally:
-        with warehouse.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified_name(staged)}")
+    """`frame` COPYed into a table of mushroom_staging (lookup data a run's SQL joins: names
+    and values stay data, never SQL text); yields its qualified name, dropped on exit. Lives
+    until after the asset's output is written (a relation's INSERT … SELECT)."""
+    with staging_table(warehouse, name) as table:
+        replace_table_slice(warehouse, TableSlice(table=name, schema=STAGING_SCHEMA), frame, types)
+        yield table
 
 
 def rows_per_day(

@@ -37,8 +37,9 @@ def late_setpoints_sensor(
     stale = stale_partitions(SETPOINTS_LEDGER, source_database, warehouse, set(materialized), now)
 
     def with_next_day(day: str) -> tuple[str, str]:
+        # not a next day whose source was purged: its run would refuse to shrink it
         following = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
-        return day, following if following in materialized else day
+        return day, following if following in materialized and following not in stale.shrunk else day
 
     return late_data_requests(context, stale, "late_setpoints", materialized, alert_webhook,
                               with_next_day)

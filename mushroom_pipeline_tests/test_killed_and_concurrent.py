@@ -1,0 +1,150 @@
+"""Runs killed mid-write (kill -9) and runs at once on one partition, on the real Postgres: the
+previous rows stay until a write commits, nothing is left behind in mushroom_staging, one copy of
+the rows in the end; a writer held up by another waits at most the lock timeout, fails clearly
+and is retried."""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from mushroom_pipeline.definitions import database_resources
+from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+
+from .helpers import insert_readings, query
+
+DAY = "2026-01-13"
+ASSETS = [env_readings, env_daily_stats]
+KILLED_RUN = f"""
+import dagster as dg
+from mushroom_pipeline.definitions import database_resources
+from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+dg.materialize([env_readings, env_daily_stats], partition_key="{DAY}", resources=database_resources())
+"""
+
+
+def readings(hours: range, value: float) -> list[tuple]:
+    return [(room, "temperature", value, f"{DAY} {h:02d}:{m:02d}")
+            for room in ("607", "608") for h in hours for m in (0, 30)]
+
+
+def snapshot(warehouse, table: str) -> pd.DataFrame:
+    columns = {"env_readings": "room, metric, measured_at, value, source_rows",
+               "env_daily_stats": "day, room, metric, n, mean"}[table]
+    return query(warehouse, f"SELECT {columns} FROM mushroom.{table} ORDER BY 1, 2, 3")
+
+
+def staging_tables(warehouse) -> list[str]:
+    return query(warehouse, "SELECT tablename FROM pg_tables WHERE schemaname = 'mushroom_staging'"
+                 )["tablename"].tolist()
+
+
+def sleeping_writers(warehouse) -> int:
+    return int(query(warehouse, "SELECT count(*) AS n FROM pg_stat_activity "
+                                "WHERE wait_event = 'PgSleep'")["n"][0])
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("table", ["env_readings", "env_daily_stats"],
+                         ids=["relation INSERT", "DataFrame COPY"])
+def test_a_run_killed_during_a_slice_write_leaves_the_previous_rows(warehouse, table):
+    insert_readings(warehouse, readings(range(0, 12), 16.0))
+    assert dg.materialize(ASSETS, partition_key=DAY, resources=database_resources()).success
+    before = snapshot(warehouse, table)
+    insert_readings(warehouse, readings(range(12, 24), 18.0))  # late rows: the re-run has work
+    # The write stalls inside its statement, after the DELETE of the old slice in the same
+    # transaction: that is when the process is killed.
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION mushroom.stall() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(4); RETURN NULL; END $$; "
+            f"CREATE TRIGGER stall BEFORE INSERT ON mushroom.{table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION mushroom.stall()"
+        )
+    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: sleeping_writers(warehouse) > 0, 120, "the run to reach its write")
+        pd.testing.assert_frame_equal(snapshot(warehouse, table), before)  # not committed
+        run.send_signal(signal.SIGKILL)
+        run.wait(10)
+    finally:
+        run.kill()
+    wait_until(lambda: sleeping_writers(warehouse) == 0, 30, "the orphaned statement to end")
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql(f"DROP TRIGGER stall ON mushroom.{table}; DROP FUNCTION mushroom.stall()")
+    pd.testing.assert_frame_equal(snapshot(warehouse, table), before)  # rolled back
+    # killed inside env_readings, the run left its staged metric names behind
+    leftover = [name.rsplit("_", 1)[0] for name in staging_tables(warehouse)]
+    assert leftover == {"env_readings": ["metric_names"], "env_daily_stats": []}[table]
+    assert dg.materialize(ASSETS, partition_key=DAY, resources=database_resources()).success
+    after = snapshot(warehouse, "env_readings")
+    assert len(after) == 2 * 24 * 2 and sorted(set(after["value"])) == [16.0, 18.0]
+    assert staging_tables(warehouse) == []  # the next run dropped what the killed one left
+
+
+def test_two_runs_of_one_partition_at_once_leave_one_copy(warehouse):
+    insert_readings(warehouse, readings(range(0, 24), 16.0))
+    barrier = threading.Barrier(2)
+    results = []
+
+    def run():
+        barrier.wait()
+        results.append(dg.materialize(ASSETS, partition_key=DAY, resources=database_resources()))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.success for r in results] == [True, True]
+    stored = snapshot(warehouse, "env_readings")
+    assert len(stored) == 2 * 24 * 2 and not stored.duplicated(["room", "metric", "measured_at"]).any()
+    stats = snapshot(warehouse, "env_daily_stats")
+    assert stats[["room", "metric"]].values.tolist() == [["607", "temperature_c"], ["608", "temperature_c"]]
+    assert stats["n"].tolist() == [48, 48]
+
+
+def test_a_write_held_up_by_another_run_fails_after_the_lock_timeout_and_is_retried(
+        warehouse, monkeypatch, caplog):
+    monkeypatch.setenv("MUSHROOM_LOCK_TIMEOUT_S", "1")
+    insert_readings(warehouse, readings(range(0, 24), 16.0))
+    holding, release = threading.Event(), threading.Event()
+
+    def backfill_holding_the_table():
+        with warehouse.begin() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                 ('"mushroom"."env_daily_stats"',))
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=backfill_holding_the_table)
+    holder.start()
+    holding.wait(10)
+    threading.Timer(3, release.set).start()  # the backfill ends during the retry's backoff
+    started = time.monotonic()
+    result = dg.materialize(ASSETS, partition_key=DAY, resources=database_resources())
+    holder.join()
+    assert result.success
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) == 1 and retried[0].step_key == "env_daily_stats"
+    chain, error = [], retried[0].event_specific_data.error
+    while error is not None:
+        chain.append(error.cls_name)
+        error = error.cause or error.context
+    assert "WriteLockTimeoutError" in chain
+    assert "for the write lock of \"mushroom\".\"env_daily_stats\"" in caplog.text
+    assert "MUSHROOM_LOCK_TIMEOUT_S" in caplog.text
+    assert time.monotonic() - started < 60  # failed after 1 s, retried after the policy's delay
