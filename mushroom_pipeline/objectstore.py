@@ -6,7 +6,6 @@ last-modified), and what bytes an object holds. Image keys follow the contract:
 """
 
 import datetime as dt
-import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,21 +80,24 @@ def safe_key(key: str) -> PurePosixPath:
 
 
 class LocalFolderStore:
-    """Objects as files under `root`; etag = MD5 of the bytes (as S3 gives for simple uploads)."""
+    """Objects as files under `root`. The etag is a change marker, `<size>-<mtime ns>` in hex:
+    listing reads no file's bytes (a sensor lists the store every few minutes)."""
 
     def __init__(self, root: Path):
         self.root = root
 
-    def objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def objects(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Files under `prefix` in key order, only keys after `start_after` (as S3 lists)."""
         if not self.root.is_dir():
             return
         base = self.root / safe_key(prefix) if prefix else self.root
         for path in sorted(base.rglob("*") if base.is_dir() else []):
-            if path.is_file() and not path.is_symlink():
+            key = path.relative_to(self.root).as_posix()
+            if (start_after is None or key > start_after) and path.is_file() and not path.is_symlink():
                 stat = path.stat()
                 yield ObjectInfo(
-                    key=path.relative_to(self.root).as_posix(),
-                    etag=hashlib.md5(path.read_bytes()).hexdigest(),
+                    key=key,
+                    etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
                     size=stat.st_size,
                     last_modified=dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC),
                 )
@@ -147,8 +149,11 @@ class MinioStore:
                 "fix MUSHROOM_IMAGE_BUCKET."
             )
 
-    def objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        for item in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
+    def objects(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Objects under `prefix` in key order, only keys after `start_after` (S3's start-after:
+        the server skips the rest)."""
+        for item in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True,
+                                             start_after=start_after):
             if not item.is_dir:
                 yield ObjectInfo(item.object_name, (item.etag or "").strip('"'), item.size or 0,
                                  item.last_modified)

@@ -214,3 +214,47 @@ def test_an_image_overwritten_twice_gets_a_new_run_key_each_time():
         cursor = result.cursor
         keys += [r.run_key for r in result.run_requests]
     assert len(keys) == 3 and len(set(keys)) == 3
+
+
+def test_the_new_images_tick_lists_after_the_manifest_and_one_day_in_full_in_turn(warehouse):
+    from mushroom_pipeline.automation.sensors import RESCAN_EVERY_S, days_with_new_images
+    from mushroom_pipeline.definitions import database_resources
+    from mushroom_pipeline.objectstore import ObjectStoreResource
+    from mushroom_pipeline.settings import load_settings
+    from mushroom_pipeline.vision.manifest import image_manifest
+
+    resource = ObjectStoreResource(home=str(load_settings().home), bucket="tick-cost-images")
+    store = resource.store()
+    # noon: the ticks tried below (within 3 h) fall on the same date
+    now = dt.datetime.combine(dt.datetime.now(dt.timezone.utc).date(), dt.time(12), dt.timezone.utc)
+    day = now.date() - dt.timedelta(days=1)
+
+    def key(camera: str, hour: int) -> str:
+        return f"607/{day:%Y%m%d}/607_{camera}_{day:%Y%m%d}{hour:02d}0000.jpg"
+
+    for hour in (8, 9):
+        store.put(key("cam2", hour), b"shot")
+    assert dg.materialize([image_manifest], partition_key=day.isoformat(), resources={
+        **database_resources(), "object_store": resource}).success
+    store.put(key("cam2", 10), b"a new shot")  # sorts after the manifest's last key
+    store.put(key("cam1", 10), b"another camera's shot")  # sorts before it
+    model = "ViT-B-32/random"
+    # a tick whose day in full is another day: only what sorts after the manifest is listed
+    other_day = next(now + dt.timedelta(seconds=RESCAN_EVERY_S * n) for n in range(0, 2)
+                     if days_in_full(now + dt.timedelta(seconds=RESCAN_EVERY_S * n)) != day)
+    fast = days_with_new_images(resource, warehouse, model, other_day)
+    assert [k for k, _ in fast[day.isoformat()]] == [key("cam2", 10)]
+    # the tick whose turn it is to list the day in full finds the other camera's shot too, and
+    # the manifest's images, never embedded
+    full_tick = next(now + dt.timedelta(seconds=RESCAN_EVERY_S * n) for n in range(0, 30)
+                     if days_in_full(now + dt.timedelta(seconds=RESCAN_EVERY_S * n)) == day)
+    full = days_with_new_images(resource, warehouse, model, full_tick)
+    assert [k for k, _ in full[day.isoformat()]] == sorted(
+        [key("cam1", 10), key("cam2", 8), key("cam2", 9), key("cam2", 10)])
+
+
+def days_in_full(now: dt.datetime) -> dt.date:
+    """The day a tick at `now` lists in full (the sensor's rotation)."""
+    today = now.astimezone(dt.timezone.utc).date()
+    days = [today - dt.timedelta(days=n) for n in range(sensors.LOOKBACK_DAYS + 1)]
+    return days[int(now.timestamp() // sensors.RESCAN_EVERY_S) % len(days)]

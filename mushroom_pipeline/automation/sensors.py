@@ -18,11 +18,10 @@ from mushroom_pipeline.automation.alerts import AlertWebhookResource
 from mushroom_pipeline.automation.jobs import environment_job, vision_job
 from mushroom_pipeline.environment.assets import ENV_READINGS_LEDGER
 from mushroom_pipeline.io.source import SourceLedger, rows_per_day
-from mushroom_pipeline.objectstore import ObjectStoreResource
+from mushroom_pipeline.objectstore import ImageObject, ObjectStoreResource, parse_image_key
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.vision.encoder import ClipEncoderResource
-from mushroom_pipeline.vision.manifest import list_images
 
 LOOKBACK_DAYS = 14  # late data older than this needs a manual backfill
 MAX_RUNS_PER_TICK = 5  # the rest waits for the next tick, so one tick stays cheap
@@ -220,29 +219,60 @@ def late_env_readings_sensor(
     return late_data_requests(context, stale, "late_env_readings", materialized, alert_webhook)
 
 
-def _handled_images(warehouse: PostgresResource, model: str, first: dt.date) -> set[tuple[str, str]]:
-    """(object_key, etag) already embedded by `model`, or failed with it (they would fail again)."""
+RESCAN_EVERY_S = 300  # each tick lists one day of the lookback in full, in turn
+
+
+def _last_known_keys(warehouse: PostgresResource, first: dt.date) -> dict[tuple[str, str], str]:
+    """{(room, day): the greatest key of the day's manifest}: the listing's start-after."""
+    with warehouse.begin() as conn:
+        if conn.exec_driver_sql("SELECT to_regclass('mushroom.image_manifest')").scalar() is None:
+            return {}
+        return {(room, day.isoformat()): key for room, day, key in conn.exec_driver_sql(
+            "SELECT room, day, max(object_key) FROM mushroom.image_manifest WHERE day >= %s "
+            "GROUP BY room, day", (first,)
+        )}
+
+
+def _handled_images(warehouse: PostgresResource, model: str, keys: list[str]) -> set[tuple[str, str]]:
+    """Of `keys`, (object_key, etag) already embedded by `model`, or failed with it (they would
+    fail again)."""
     handled: set[tuple[str, str]] = set()
     with warehouse.begin() as conn:
         for table in ("mushroom.image_embeddings", "mushroom.image_failures"):
             if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is not None:
                 handled.update(conn.exec_driver_sql(
-                    f"SELECT object_key, etag FROM {table} WHERE model = %s AND day >= %s",
-                    (model, first),
+                    f"SELECT object_key, etag FROM {table} WHERE model = %s AND object_key = ANY(%s)",
+                    (model, keys),
                 ).all())
     return handled
 
 
 def days_with_new_images(
     object_store: ObjectStoreResource, warehouse: PostgresResource, model: str, now: dt.datetime
-) -> dict[str, list[str]]:
-    """{day: sorted new (key, etag)} over the lookback, newest day first."""
+) -> dict[str, list[tuple[str, str]]]:
+    """{day: sorted new (key, etag)} over the lookback, newest day first.
+
+    A tick costs what is new, not the lookback: each (room, day) folder is listed only after the
+    greatest key its manifest holds (S3's start-after; cameras name files by time, so new shots
+    sort last). One day in turn is listed in full, for keys that sort before the last known one
+    (another camera) or were overwritten: each day within LOOKBACK_DAYS ticks. Memory holds at
+    most one day's listing."""
     today = now.astimezone(SETTINGS.tz).date()
     days = [today - dt.timedelta(days=n) for n in range(LOOKBACK_DAYS + 1)]
-    images, _ = list_images(object_store.store(), days)
-    handled = _handled_images(warehouse, model, days[-1])
-    new: dict[str, list[str]] = {}
-    for image in images:
+    in_full = days[int(now.timestamp() // RESCAN_EVERY_S) % len(days)]
+    known = _last_known_keys(warehouse, days[-1])
+    store = object_store.store()
+    listed: list[ImageObject] = []
+    for room in store.rooms():
+        for day in days:
+            after = None if day == in_full else known.get((room, day.isoformat()))
+            for info in store.objects(f"{room}/{day:%Y%m%d}/", start_after=after):
+                image = parse_image_key(info, SETTINGS.tz)
+                if image is not None and image.day == day:
+                    listed.append(image)
+    handled = _handled_images(warehouse, model, [image.key for image in listed])
+    new: dict[str, list[tuple[str, str]]] = {}
+    for image in listed:
         if (image.key, image.etag) not in handled:
             new.setdefault(image.day.isoformat(), []).append((image.key, image.etag))
     return {day: sorted(new[day]) for day in sorted(new, reverse=True)}

@@ -13,7 +13,9 @@ SELECT statement, for steps that aggregate inside the database instead of moving
 
 import csv
 import io
+import os
 import struct
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -665,19 +667,41 @@ def source_table(
         return
     selects = ", ".join(f"{quote_ident(c)}::{t}" for c, t in columns.items())
     with staging_table(warehouse, staging_name) as staged:
-        buffer = io.BytesIO()
-        with source.begin() as conn:
-            conn.connection.dbapi_connection.cursor().copy_expert(
-                f"COPY (SELECT {selects} FROM {table} WHERE {where}) TO STDOUT WITH (FORMAT binary)",
-                buffer,
-            )
-        buffer.seek(0)
         with warehouse.begin() as conn:
             conn.exec_driver_sql(
                 f"CREATE UNLOGGED TABLE {staged} "
                 f"({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})"
             )
-            conn.connection.dbapi_connection.cursor().copy_expert(
-                f"COPY {staged} FROM STDIN WITH (FORMAT binary)", buffer
+            _stream_copy(
+                source, f"COPY (SELECT {selects} FROM {table} WHERE {where}) TO STDOUT WITH (FORMAT binary)",
+                conn, f"COPY {staged} FROM STDIN WITH (FORMAT binary)",
             )
         yield staged
+
+
+def _stream_copy(source: PostgresResource, copy_out: str, target: sa.Connection, copy_in: str) -> None:
+    """Pipes one server's COPY … TO STDOUT into another's COPY … FROM STDIN through an OS pipe:
+    memory stays at the pipe's buffer whatever the size of the window."""
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as sink, source.begin() as conn:
+                conn.connection.dbapi_connection.cursor().copy_expert(copy_out, sink)
+        except BaseException as err:  # re-raised by the consumer, which sees a truncated stream
+            failure.append(err)
+
+    producer = threading.Thread(target=produce, name="source-copy", daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(read_fd, "rb") as stream:
+            target.connection.dbapi_connection.cursor().copy_expert(copy_in, stream)
+    except Exception:
+        producer.join()
+        if failure:
+            raise failure[0] from None
+        raise
+    producer.join()
+    if failure:
+        raise failure[0]
