@@ -6,6 +6,7 @@ last-modified), and what bytes an object holds. Image keys follow the contract:
 """
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,20 +88,26 @@ class LocalFolderStore:
         self.root = root
 
     def objects(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
-        """Files under `prefix` in key order, only keys after `start_after` (as S3 lists)."""
+        """Files under `prefix` in key order, only keys after `start_after` (as S3 lists); only
+        those are stat'ed."""
         if not self.root.is_dir():
             return
         base = self.root / safe_key(prefix) if prefix else self.root
-        for path in sorted(base.rglob("*") if base.is_dir() else []):
-            key = path.relative_to(self.root).as_posix()
-            if (start_after is None or key > start_after) and path.is_file() and not path.is_symlink():
-                stat = path.stat()
-                yield ObjectInfo(
-                    key=key,
-                    etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
-                    size=stat.st_size,
-                    last_modified=dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC),
-                )
+        keys = []
+        for folder, _, files in os.walk(base):
+            relative = Path(folder).relative_to(self.root).as_posix()
+            keys.extend(name if relative == "." else f"{relative}/{name}" for name in files)
+        for key in sorted(k for k in keys if start_after is None or k > start_after):
+            path = self.root / key
+            if path.is_symlink():
+                continue
+            stat = path.stat()
+            yield ObjectInfo(
+                key=key,
+                etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
+                size=stat.st_size,
+                last_modified=dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC),
+            )
 
     def rooms(self) -> list[str]:
         """The top-level folders: one per room."""
