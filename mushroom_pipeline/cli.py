@@ -127,9 +127,26 @@ def cmd_search(settings: Settings, args) -> None:
             if encoder.random_weights:
                 print("WARNING: untrained (random) CLIP weights: distances carry no meaning",
                       file=sys.stderr)
-        hits = nearest(warehouse, vector, model, room=args.room, day=args.day,
-                       other_days_than=other_days_than, limit=args.limit)
-    print(hits.to_markdown(index=False, floatfmt=".4f") if len(hits) else "no images")
+        try:
+            hits = nearest(warehouse, vector, model, room=args.room, day=args.day,
+                           other_days_than=other_days_than, growth_days=args.growth_day,
+                           limit=args.limit)
+        except LookupError as err:
+            sys.exit(str(err))
+    shown = hits.astype(object).where(hits.notna(), "")  # an image without a batch: blank
+    print(shown.to_markdown(index=False, floatfmt=".4f") if len(hits) else "no images")
+
+
+def growth_day_range(text: str) -> tuple[int, int]:
+    """`12` or `10..14` (inclusive) → (first, last)."""
+    first, dots, last = text.partition("..")
+    last = last if dots else first
+    if not (first.strip().isdigit() and last.strip().isdigit()) or int(first) > int(last):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a growth day (12) or a range of them (10..14), whole numbers from "
+            "0, the first not after the last"
+        )
+    return int(first), int(last)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
                        help="similar historical cases: an embedded image's nearest from other days")
     search.add_argument("--room")
     search.add_argument("--day", help="YYYY-MM-DD")
+    search.add_argument("--growth-day", type=growth_day_range, metavar="A..B",
+                        help="only images whose room's batch was at a growth day in A..B "
+                             "(or at day A) on their day, from any batch (mushroom.room_batches)")
     search.add_argument("--limit", type=int, default=10)
     args = parser.parse_args(argv)
     handler = {"env": cmd_env, "db": cmd_db, "demo": cmd_demo, "ui": cmd_ui,

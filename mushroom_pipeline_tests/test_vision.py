@@ -5,28 +5,35 @@ pass, bad images become failure rows, re-runs skip, a model change embeds again,
 import datetime as dt
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import dagster as dg
 import numpy as np
 import open_clip
 import pytest
+import sqlalchemy as sa
 import torch
 from PIL import Image
 
+from mushroom_pipeline import cli
 from mushroom_pipeline.automation.sensors import new_images_sensor
+from mushroom_pipeline.batches.assets import room_batches
 from mushroom_pipeline.checks.vision import check_failure_rate
 from mushroom_pipeline.definitions import database_resources, defs
 from mushroom_pipeline.environment.assets import env_readings
 from mushroom_pipeline.objectstore import ObjectStoreResource
+from mushroom_pipeline.setpoints.assets import setpoint_snapshots
 from mushroom_pipeline.vision.describer import DescriberResource
 from mushroom_pipeline.vision.embeddings import image_embeddings
 from mushroom_pipeline.vision.encoder import ClipEncoderResource
 from mushroom_pipeline.vision.manifest import image_manifest
 from mushroom_pipeline.vision.search import nearest, stored_vector
 
-from .helpers import insert_readings, query
+from .helpers import insert_readings, insert_setpoints, query
 
 DAY = "2025-12-24"
 TINY = {
@@ -294,7 +301,7 @@ def test_the_describer_and_environment_context_feed_the_fused_vector(warehouse, 
     result = run(res)
 
     row = stored(warehouse).iloc[0]
-    assert row["context"] == "Mushroom growing room 601 at 2025-12-24 12:00: humidity 91.0 %, temperature 17.5 °C."
+    assert row["context"] == "Mushroom growing room 601 at 2025-12-24 12:00: temperature 17.5 °C, humidity 91.0 % RH."
     from transformers import (
         AutoImageProcessor,
         AutoModelForImageTextToText,
@@ -313,6 +320,132 @@ def test_the_describer_and_environment_context_feed_the_fused_vector(warehouse, 
     fused = 0.7 * row["v"] + 0.3 * text
     np.testing.assert_allclose(row["f"], fused / np.linalg.norm(fused), atol=1e-5)
     assert materialized(result)["describer"] == str(describer_path)
+
+
+def batch_info(room: str, at: str, entered: dt.date, growth_day: int | None = None) -> list[tuple]:
+    """A snapshot of mushroom_info_<room>: the batch's entry date, bags, growth day if given."""
+    values = {"in_year": entered.year, "in_month": entered.month, "in_day": entered.day,
+              "in_num": 400, "in_day_num": growth_day}
+    return [(room, f"mushroom_info_{room}", point, float(value), at)
+            for point, value in values.items() if value is not None]
+
+
+def test_the_context_sentence_carries_the_rooms_growth_day(warehouse, tmp_path, tiny_clip):
+    config, (checkpoint, _) = tiny_clip
+    res = resources(tmp_path, config, checkpoint)
+    insert_setpoints(warehouse, batch_info("601", f"{DAY} 06:00", dt.date(2025, 12, 12), 12))
+    insert_readings(warehouse, [("601", "temperature_c", 17.46, f"{DAY} 12:01:00+00")])
+    run(res, assets=[env_readings, setpoint_snapshots, room_batches])
+    store = res["object_store"].store()
+    store.put(key("601", "cam"), photo(1))
+    store.put(key("612", "cam"), photo(2))  # no batch device, no readings
+    run(res)
+    contexts = stored(warehouse)["context"].to_dict()
+    assert contexts == {
+        key("601", "cam"): "Mushroom growing room 601, growth day 12 (batch entered 2025-12-12), "
+                           "at 2025-12-24 12:00: temperature 17.5 °C.",
+        key("612", "cam"): "Mushroom growing room 612 at 2025-12-24 12:00: no environment readings.",
+    }
+
+
+D2 = "2025-12-25"
+
+
+@pytest.fixture
+def batch_history(warehouse, tmp_path, tiny_clip):
+    """Room 601: a batch at growth day 10 on DAY, then a new batch (day 0) on D2; room 612 at
+    day 2 on DAY (derived: no in_day_num). Images embedded on both days; returns the keys by
+    (room, day) and the resources."""
+    config, (checkpoint, _) = tiny_clip
+    res = resources(tmp_path, config, checkpoint)
+    insert_setpoints(warehouse, [
+        *batch_info("601", f"{DAY} 06:00", dt.date(2025, 12, 14), 10),
+        *batch_info("612", f"{DAY} 06:00", dt.date(2025, 12, 22)),
+        *batch_info("601", f"{D2} 09:00", dt.date(2025, 12, 25), 0),
+    ])
+    images = {("601", DAY): 5, ("612", DAY): 2, ("601", D2): 3}
+    keys = {}
+    store = res["object_store"].store()
+    for (room, day), count in images.items():
+        keys[room, day] = [key(room, f"cam{n}", day) for n in range(count)]
+        for n, k in enumerate(keys[room, day]):
+            store.put(k, photo(100 * int(room) + 10 * n + int(day[-1])))
+    for day in (DAY, D2):
+        run(res, day, assets=[setpoint_snapshots, room_batches, image_manifest, image_embeddings])
+    return keys, res
+
+
+def test_search_by_growth_day_finds_past_batches_and_fills_its_limit(warehouse, batch_history):
+    keys, res = batch_history
+    model = res["clip_encoder"].model_id()
+    vector, _ = stored_vector(warehouse, keys["601", D2][0], model)
+    tenth = nearest(warehouse, vector, model, growth_days=(10, 10), limit=3)
+    assert len(tenth) == 3 and set(tenth["object_key"]) <= set(keys["601", DAY])
+    assert set(tenth["batch"]) == {"601/2025-12-14"} and set(tenth["growth_day"]) == {10}
+    young = nearest(warehouse, vector, model, growth_days=(0, 2))
+    assert sorted(young["object_key"]) == sorted(keys["601", D2] + keys["612", DAY])
+    assert young.set_index("object_key")["batch"].to_dict() == {
+        **{k: "601/2025-12-25" for k in keys["601", D2]},
+        **{k: "612/2025-12-22" for k in keys["612", DAY]},
+    }
+    assert nearest(warehouse, vector, model, growth_days=(3, 9)).empty
+    everything = nearest(warehouse, vector, model, limit=20)
+    assert len(everything) == 10 and everything["growth_day"].notna().all()
+
+    # An index scan that gives up early (as hnsw.max_scan_tuples makes it on a big table with a
+    # rare growth day) still leaves no answer short: the filtered rows are scanned exactly.
+    with warehouse.begin() as conn:  # crowds of near neighbours from a day without a batch
+        conn.exec_driver_sql(
+            "INSERT INTO mushroom.image_embeddings (day, room, object_key, model, embedding) "
+            "SELECT '2025-12-01', '601', 'filler' || n, %(model)s, v.embedding "
+            "FROM generate_series(1, 500) n, LATERAL ("
+            "  SELECT array_agg(x + (random() - 0.5) / 100 ORDER BY i)::vector AS embedding "
+            "  FROM unnest(%(near)s::real[]) WITH ORDINALITY u(x, i) WHERE n > 0) v",
+            {"model": model, "near": [float(x) for x in vector]})
+
+    def starved(conn):
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; "
+                             "SET LOCAL hnsw.max_scan_tuples = 1")  # the HNSW scan, starved
+
+    engine = warehouse.get_engine()
+    sa.event.listen(engine, "begin", starved)
+    try:
+        few = nearest(warehouse, vector, model, growth_days=(10, 10), limit=5, ef_search=1)
+    finally:
+        sa.event.remove(engine, "begin", starved)
+    assert sorted(few["object_key"]) == sorted(keys["601", DAY])
+
+
+def cli_search(res: dict, *args: str) -> subprocess.CompletedProcess:
+    """`mushroom-pipeline search` in its own process, on the test's database and tiny CLIP."""
+    clip = res["clip_encoder"]
+    env = {**os.environ, "MUSHROOM_CLIP_MODEL": clip.architecture,
+           "MUSHROOM_CLIP_PRETRAINED": clip.pretrained, "MUSHROOM_CLIP_DEVICE": "cpu"}
+    return subprocess.run([sys.executable, "-m", "mushroom_pipeline.cli", "search", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def markdown_rows(text: str) -> list[dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return [dict(zip(cells[0], row)) for row in cells[2:]]
+
+
+def test_the_search_command_filters_by_growth_day(batch_history, capsys):
+    keys, res = batch_history
+    found = cli_search(res, "--text", "white caps", "--growth-day", "9..11", "--limit", "4")
+    assert found.returncode == 0, found.stderr[-3000:]
+    rows = markdown_rows(found.stdout)
+    assert len(rows) == 4 and {r["object_key"] for r in rows} <= set(keys["601", DAY])
+    assert {(r["batch"], r["growth_day"]) for r in rows} == {("601/2025-12-14", "10")}
+    assert cli.growth_day_range("2") == (2, 2) and cli.growth_day_range(" 0 .. 12") == (0, 12)
+
+    for wrong in ("14..10", "ten", "3..", "-1", "1.5"):  # refused before anything is loaded
+        with pytest.raises(SystemExit) as refused:
+            cli.main(["search", "--text", "white caps", "--growth-day", wrong])
+        error = capsys.readouterr().err
+        assert refused.value.code == 2 and f"--growth-day: {wrong!r}" in error, error
+        assert "a range of them (10..14)" in error
 
 
 def _tiny_describer(folder) -> object:

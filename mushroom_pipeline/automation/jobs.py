@@ -13,9 +13,10 @@ environment_job = dg.define_asset_job(
 
 setpoints_job = dg.define_asset_job(
     "setpoints_job",
-    selection=dg.AssetSelection.groups("setpoints"),
+    selection=dg.AssetSelection.groups("setpoints", "batches"),
     partitions_def=daily_partitions,
-    description="Setpoint snapshots → change events → switching statistics.",
+    description="Setpoint snapshots → change events → switching statistics; the rooms' batches "
+    "and growth days (read from the same snapshots).",
 )
 
 farm_daily_job = dg.define_asset_job(

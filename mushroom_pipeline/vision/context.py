@@ -1,14 +1,18 @@
-"""Each image's environment: the room's readings nearest its capture time, as a sentence that
-CLIP's text tower can embed beside the image."""
+"""Each image's context: the room's batch that day (its growth day) and the room's readings
+nearest its capture time, as a sentence that CLIP's text tower can embed beside the image.
+Labels and units come from the metric catalog."""
+
+from decimal import Decimal
 
 import pandas as pd
 
+from mushroom_pipeline.catalog.metrics import MetricCatalog
 from mushroom_pipeline.resources import PostgresResource
 
 READINGS_TABLE = "mushroom.env_readings"
+BATCHES_TABLE = "mushroom.room_batches"
 WINDOW_MINUTES = 15
-UNITS = {"temperature_c": ("temperature", "°C"), "humidity_pct": ("humidity", "%"),
-         "co2_ppm": ("CO2", "ppm")}
+DEFAULT_DECIMALS = 1  # a metric without a resolution in the catalog
 
 # Per image and metric: the valid reading closest in time within ±WINDOW_MINUTES (index on
 # measured_at: a few rows per image, never the whole day).
@@ -24,31 +28,73 @@ CROSS JOIN LATERAL (
     ORDER BY metric, abs(extract(epoch FROM r.measured_at - i.at))
 ) r
 """
+# Per image: the batch in its room on its day (the farm has one batch device per room).
+BATCH_SQL = f"""
+SELECT i.n, b.growth_day, b.entry_date
+FROM unnest(%s::text[], %s::date[]) WITH ORDINALITY AS i(room, day, n)
+CROSS JOIN LATERAL (
+    SELECT growth_day, entry_date FROM {BATCHES_TABLE} b
+    WHERE b.room = i.room AND b.day = i.day ORDER BY device LIMIT 1
+) b
+"""
 
 
-def _sentence(room: str, captured_at: pd.Timestamp, readings: dict[str, float]) -> str:
+def _decimals(resolution: float | None) -> int:
+    if resolution is None:
+        return DEFAULT_DECIMALS
+    return max(0, -Decimal(f"{resolution:g}").as_tuple().exponent)
+
+
+def _readings_text(readings: dict[str, float], metrics: MetricCatalog) -> str:
+    """Catalog metrics in the catalog's order, then the others by name."""
+    order = {m.name: i for i, m in enumerate(metrics.metrics)}
     parts = []
-    for metric, value in sorted(readings.items()):
-        name, unit = UNITS.get(metric, (metric, ""))
-        parts.append(f"{name} {value:.1f} {unit}".rstrip())
-    measured = ", ".join(parts) if parts else "no environment readings"
-    return f"Mushroom growing room {room} at {captured_at:%Y-%m-%d %H:%M}: {measured}."
+    for name, value in readings.items():
+        metric = metrics.get(name)
+        if metric is None:
+            parts.append(((len(order), name), f"{name} {value:.{DEFAULT_DECIMALS}f}"))
+        else:
+            text = f"{metric.label} {value:.{_decimals(metric.resolution)}f} {metric.unit}"
+            parts.append(((order[metric.name], name), text.rstrip()))
+    return ", ".join(text for _, text in sorted(parts)) or "no environment readings"
 
 
-def environment_context(warehouse: PostgresResource, images: pd.DataFrame) -> list[str]:
-    """One sentence per row of `images` (room, captured_at in the farm's timezone)."""
+def _batch_text(growth_day, entry_date) -> str:
+    if growth_day is None:
+        return ""
+    entered = f" (batch entered {entry_date.isoformat()})" if entry_date else ""
+    return f", growth day {growth_day}{entered},"
+
+
+def _sentence(room: str, captured_at: pd.Timestamp, batch: tuple, readings: str) -> str:
+    return f"Mushroom growing room {room}{_batch_text(*batch)} at {captured_at:%Y-%m-%d %H:%M}: {readings}."
+
+
+def _exists(conn, table: str) -> bool:
+    return conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is not None
+
+
+def environment_context(warehouse: PostgresResource, images: pd.DataFrame,
+                        metrics: MetricCatalog) -> list[str]:
+    """One sentence per row of `images` (room, day, captured_at in the farm's timezone)."""
     if images.empty:
         return []
     readings: dict[int, dict[str, float]] = {}
+    batches: dict[int, tuple] = {}
+    rooms = list(images["room"])
     with warehouse.begin() as conn:
-        if conn.exec_driver_sql("SELECT to_regclass(%s)", (READINGS_TABLE,)).scalar() is not None:
+        if _exists(conn, READINGS_TABLE):
             rows = conn.exec_driver_sql(
-                NEAREST_READINGS_SQL,
-                (list(images["room"]), [t.to_pydatetime() for t in images["captured_at"]]),
+                NEAREST_READINGS_SQL, (rooms, [t.to_pydatetime() for t in images["captured_at"]])
             )
             for n, metric, value in rows:
                 readings.setdefault(n - 1, {})[metric] = value
+        if _exists(conn, BATCHES_TABLE):
+            for n, growth_day, entry_date in conn.exec_driver_sql(
+                BATCH_SQL, (rooms, [str(day) for day in images["day"]])
+            ):
+                batches[n - 1] = (growth_day, entry_date)
     return [
-        _sentence(room, at, readings.get(i, {}))
-        for i, (room, at) in enumerate(zip(images["room"], images["captured_at"]))
+        _sentence(room, at, batches.get(i, (None, None)), _readings_text(readings.get(i, {}), metrics))
+        for i, (room, at) in enumerate(zip(rooms, images["captured_at"]))
     ]

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 
+from mushroom_pipeline.batches.assets import room_batches
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.checks.vision import check_failure_rate, failure_rate_spec
 from mushroom_pipeline.environment.assets import env_readings
 from mushroom_pipeline.io.postgres import (
@@ -50,7 +52,8 @@ EMBEDDINGS_SCHEMA = column_schema(
                        "ViT-B-32/file:<checkpoint>@<sha256 prefix>")),
     ("captured_at", "timestamptz"),
     ("embedding", "vector", "the image's L2-normalized CLIP vector (dimension: the model's)"),
-    ("context", "text", "room, capture time and the nearest readings of env_readings"),
+    ("context", "text", "room, growth day (room_batches), capture time and the nearest readings "
+                        "of env_readings"),
     ("description", "text", "the describer's text; NULL when no describer is configured"),
     ("describer", "text", "the describer model; NULL when none"),
     ("fused_embedding", "vector",
@@ -198,7 +201,7 @@ def _by_day(frame: pd.DataFrame) -> dict[str, int]:
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     ins={"image_manifest": dg.AssetIn()},
-    deps=[env_readings],
+    deps=[env_readings, room_batches],  # read by the context sentences
     metadata={
         "partition_expr": "day",
         "dagster/column_schema": EMBEDDINGS_SCHEMA,
@@ -223,6 +226,7 @@ def image_embeddings(
     describer: DescriberResource,
     object_store: ObjectStoreResource,
     warehouse: PostgresResource,
+    farm_catalog: FarmCatalogResource,
 ):
     encoder = clip_encoder.encoder()
     if encoder.random_weights:
@@ -263,7 +267,7 @@ def image_embeddings(
     ])
     embedded["model"] = encoder.model_id
     embedded["describer"] = describe.model_id if describe else None
-    embedded["context"] = environment_context(warehouse, embedded)
+    embedded["context"] = environment_context(warehouse, embedded, farm_catalog.metrics())
     texts = [c if d is None else f"{c} {d}" for c, d in zip(embedded["context"], embedded["description"])]
     image_vectors = np.stack(embedded["embedding"]) if len(embedded) else np.zeros((0, encoder.dim))
     embedded["fused_embedding"] = list(fuse(encoder, image_vectors, texts, clip_encoder.batch_size))

@@ -6,6 +6,7 @@ import pandas as pd
 from mushroom_pipeline.resources import PostgresResource
 
 TABLE = "mushroom.image_embeddings"
+BATCHES_TABLE = "mushroom.room_batches"
 # recall@10 ≥ 0.95 on 100 k clustered 512-d vectors at about half the exact scan's latency
 # (benchmarks/search.py); pgvector's default of 40 gave less recall there.
 EF_SEARCH = 100
@@ -13,6 +14,10 @@ EF_SEARCH = 100
 
 def vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+def _has_batches(conn) -> bool:
+    return conn.exec_driver_sql("SELECT to_regclass(%s)", (BATCHES_TABLE,)).scalar() is not None
 
 
 def nearest(
@@ -23,13 +28,19 @@ def nearest(
     room: str | None = None,
     day: str | None = None,
     other_days_than: str | None = None,
+    growth_days: tuple[int, int] | None = None,
     limit: int = 10,
     ef_search: int = EF_SEARCH,
 ) -> pd.DataFrame:
-    """The `limit` nearest images of `model` (key, room, day, captured_at, distance).
+    """The `limit` nearest images of `model` (key, room, day, captured_at, distance, and the
+    batch and growth day of the image's room and day, from mushroom.room_batches).
+
+    `growth_days` (first, last): only images whose room's batch was at a growth day in that
+    range on their day, from any batch, past ones too.
 
     Filters run inside the index scan: pgvector's iterative scan keeps walking the graph until
-    `limit` rows pass them, so a filter never leaves the answer short.
+    `limit` rows pass them. It stops after hnsw.max_scan_tuples, so a filter that few images
+    pass can still leave the answer short: then an exact scan of the filtered rows answers.
     """
     filters, params = ["model = %(model)s"], {"model": model, "limit": limit}
     if room:
@@ -41,20 +52,40 @@ def nearest(
     if other_days_than:
         filters.append("day <> %(other)s")
         params["other"] = other_days_than
-    params["vector"] = vector_literal(vector)
-    sql = f"""
-        WITH hits AS MATERIALIZED (
-            SELECT object_key, room, day, captured_at, embedding <=> %(vector)s::vector AS distance
-            FROM {TABLE} WHERE {' AND '.join(filters)}
-            ORDER BY embedding <=> %(vector)s::vector LIMIT %(limit)s
+    if growth_days:
+        filters.append(
+            f"(room, day) IN (SELECT room, day FROM {BATCHES_TABLE} "
+            "WHERE growth_day BETWEEN %(first_growth_day)s AND %(last_growth_day)s)"
         )
-        SELECT * FROM hits ORDER BY distance
-    """
+        params["first_growth_day"], params["last_growth_day"] = growth_days
+    params["vector"] = vector_literal(vector)
     with warehouse.begin() as conn:
+        batches = _has_batches(conn)
+        if growth_days and not batches:
+            raise LookupError(f"{BATCHES_TABLE} does not exist: materialize room_batches first")
+        # The image's batch: the farm has one batch device per room (the first one otherwise).
+        batch = (
+            f"LEFT JOIN LATERAL (SELECT batch, growth_day FROM {BATCHES_TABLE} b "
+            "WHERE b.room = h.room AND b.day = h.day ORDER BY device LIMIT 1) b ON true"
+            if batches else "CROSS JOIN (SELECT NULL::text AS batch, NULL::bigint AS growth_day) b"
+        )
+        sql = f"""
+            WITH hits AS MATERIALIZED (
+                SELECT object_key, room, day, captured_at, embedding <=> %(vector)s::vector AS distance
+                FROM {TABLE} WHERE {' AND '.join(filters)}
+                ORDER BY embedding <=> %(vector)s::vector LIMIT %(limit)s
+            )
+            SELECT h.*, b.batch, b.growth_day FROM hits h {batch} ORDER BY distance
+        """
         conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
         conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        result = conn.exec_driver_sql(sql, params)
-        return pd.DataFrame(result.all(), columns=list(result.keys()))
+        rows = conn.exec_driver_sql(sql, params).all()
+        if len(rows) < limit:
+            conn.exec_driver_sql("SET LOCAL enable_indexscan = off")  # exact: no HNSW
+            rows = conn.exec_driver_sql(sql, params).all()
+    hits = pd.DataFrame(rows, columns=["object_key", "room", "day", "captured_at", "distance",
+                                       "batch", "growth_day"])
+    return hits.astype({"growth_day": "Int64"})
 
 
 def stored_vector(warehouse: PostgresResource, object_key: str, model: str) -> tuple[np.ndarray, str]:
