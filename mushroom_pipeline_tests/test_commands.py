@@ -58,6 +58,7 @@ def test_the_demo_runs_twice_to_the_same_tables(demo_home):
     assert len(first["mushroom.env_daily_stats"]) == 2 * 4 * 3  # days × rooms × metrics
     assert len(first["mushroom.env_readings_quarantine"]) > 0
     assert len(first["mushroom.image_embeddings"]) == 2 * 4 * 3  # days × rooms × shots
+    check_the_farms_language(url, first_output)
     run([BIN / "mushroom-pipeline", "demo", "--days", "2"], env)
     second = snapshot(url)
     for table in TABLES:
@@ -67,6 +68,58 @@ def test_the_demo_runs_twice_to_the_same_tables(demo_home):
     with dagster_db.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM runs").scalar() == 4
     dagster_db.dispose()
+
+
+def check_the_farms_language(url: str, output: str) -> None:
+    """The demo farm speaks as the farm's platform does (CONTRACTS.md, "The farm's catalog"), and
+    the pipeline reads it with the catalog: aliases, deadbands, labels, batches. A 2-day demo's
+    story is on its second day."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+    def rows(sql: str) -> list[tuple]:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql)]
+
+    days = [day for (day,) in rows("SELECT DISTINCT day FROM mushroom.env_daily_stats ORDER BY 1")]
+    assert len(days) == 2
+    story = days[1]
+    rooms = {"607", "608", "611", "612"}
+    assert {r for (r,) in rows("SELECT DISTINCT room FROM iot.env_readings")} == rooms
+    assert {r for (r,) in rows("SELECT DISTINCT room FROM iot.device_setpoints")} == rooms
+    assert {r for (r,) in rows("SELECT DISTINCT room FROM mushroom.env_daily_stats")} == rooms
+    assert {m for (m,) in rows("SELECT DISTINCT metric FROM iot.env_readings")} == {
+        "temperature", "humidity", "co2"}
+    assert {m for (m,) in rows("SELECT DISTINCT metric FROM mushroom.env_daily_stats")} == {
+        "temperature_c", "humidity_pct", "co2_ppm"}
+
+    events = "mushroom.setpoint_change_events"
+    assert rows(f"SELECT count(*) FROM {events} WHERE device ~ '^mushroom_info_'") == [(0,)]
+    # ±20 ppm of read noise on every CO2 snapshot, under the 50 ppm deadband: only the real change
+    co2 = rows(f"SELECT day, device, point, old_value - new_value FROM {events} "
+               "WHERE point IN ('co2_on', 'co2_off')")
+    assert len(co2) == 1 and co2[0][:3] == (story, "fresh_air_fan_612", "co2_on"), co2
+    assert 60 <= co2[0][3] <= 140, co2  # 1200 → 1100, each ± 20
+    assert rows(f"SELECT device, old_label, new_label FROM {events} WHERE point = 'control'") == [
+        ("fresh_air_fan_611", "CO2 control", "timer")]
+    assert rows(f"SELECT day, device, old_value, new_value FROM {events} WHERE point = 'temp_set'") \
+        == [(story, "air_cooler_607", 16.5, 17.0)]
+    # the humidifiers' ±0.3 % RH of noise is under their 1.0 deadband
+    assert rows(f"SELECT count(*) FROM {events} WHERE device ~ '_humidifier_'") == [(0,)]
+    light = rows(f"SELECT point, change_kind, min(new_label), max(new_label) FROM {events} "
+                 "WHERE device ~ '^grow_light_' GROUP BY 1, 2 ORDER BY 1, 2")
+    assert light == [(f"on_off{c}", kind, label, label) for c in range(1, 5)
+                     for kind, label in (("switched_off", "off"), ("switched_on", "auto"))]
+
+    # room 608's batch leaves and a new one enters on the story day: growth day 0
+    new = rows("SELECT room, day, entry_date, growth_day, previous_entry_date < entry_date "
+               "FROM mushroom.room_batches WHERE new_batch AND previous_entry_date IS NOT NULL")
+    assert new == [("608", story, story, 0, True)], new
+    assert rows("SELECT count(DISTINCT batch) FROM mushroom.room_batches WHERE room = '608'") == [(2,)]
+    assert rows("SELECT count(*), count(problem) FROM mushroom.room_batches") == [(2 * 4, 0)]
+    assert rows("SELECT count(*) FROM mushroom.env_daily_stats_by_batch WHERE growth_day IS NULL") \
+        == [(0,)]
+    assert "Batches (mushroom.room_batches)" in output and f"608/{story}" in output
+    assert "new, replaced 608/" in output and "CO2 control (1) → timer (0)" in output
 
 
 def test_dagster_cli_materializes_a_partition_range_against_a_given_database(demo_home):

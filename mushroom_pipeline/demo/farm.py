@@ -1,13 +1,19 @@
-"""A synthetic demo farm: the IoT source tables filled the way the real farm fills them.
+"""A synthetic demo farm: the IoT source tables filled the way the farm's platform fills them,
+with the rooms, metric names and device points of its catalog (../shared/CONTRACTS.md, "The
+farm's catalog"; mushroom_pipeline/catalog/).
 
 Rooms with 1-minute readings following day/night cycles, with noise, a sensor outage, invalid
-values (NaN, NULL, out of range) and duplicates, so every path of the pipeline shows in the demo.
-Deterministic per (room, day): seeding the same days again writes the same rows.
+values (NaN, NULL, out of range) and duplicates; every device point snapshotted every 5 minutes,
+with read noise below the deadbands, dropped reads and repeated deliveries; and a story in the
+week: operators change three setpoints and one room's batch is replaced. So every path of the
+pipeline shows in the demo. Deterministic per (room, day) for the same demo days: seeding the
+same days again writes the same rows.
 """
 
 import datetime as dt
 import io
 import zlib
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -16,7 +22,7 @@ import sqlalchemy as sa
 
 from mushroom_pipeline.io.postgres import copy_frame
 
-ROOMS = ["601", "602", "611", "612"]
+ROOMS = ["607", "608", "611", "612"]
 
 SOURCE_DDL = """
 CREATE SCHEMA IF NOT EXISTS iot;
@@ -32,11 +38,12 @@ ENV_TYPES = {
     "measured_at": "timestamptz",
 }
 
-# (mean, day/night amplitude, noise) of each metric in a fruiting room
+# (mean, day/night amplitude, noise) of each metric in a fruiting room, under the platform's
+# names (the metric catalog's aliases of temperature_c, humidity_pct, co2_ppm)
 CLIMATE = {
-    "temperature_c": (16.5, 1.2, 0.15),
-    "humidity_pct": (91.0, 3.0, 0.8),
-    "co2_ppm": (1100.0, 250.0, 40.0),
+    "temperature": (16.5, 1.2, 0.15),
+    "humidity": (91.0, 3.0, 0.8),
+    "co2": (1100.0, 250.0, 40.0),
 }
 
 
@@ -44,12 +51,18 @@ def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32("/".join(map(str, parts)).encode()))
 
 
+def _local_day(day: dt.date, tz: ZoneInfo, freq: str) -> pd.DatetimeIndex:
+    """The times of one local day (23 or 25 hours across DST: nothing spills into the next day)."""
+    start, end = (pd.Timestamp(dt.datetime.combine(d, dt.time(), tzinfo=tz))
+                  for d in (day, day + dt.timedelta(days=1)))
+    return pd.date_range(start, end, freq=freq, inclusive="left")
+
+
 def env_readings_for_day(room: str, day: dt.date, tz: ZoneInfo) -> pd.DataFrame:
     """One room's readings of one local day; `value` is an object column (None = NULL)."""
     rng = _rng("env", room, day)
-    start = pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=tz))
-    times = pd.date_range(start, start + pd.Timedelta(days=1), freq="1min", inclusive="left")
-    hours = (times - start).total_seconds().to_numpy() / 3600
+    times = _local_day(day, tz, "1min")
+    hours = (times - times[0]).total_seconds().to_numpy() / 3600
     if rng.random() < 0.3:  # a sensor outage of 30-90 minutes
         outage = int(rng.integers(0, len(times) - 90))
         keep = np.ones(len(times), bool)
@@ -119,53 +132,140 @@ SETPOINT_TYPES = {
 }
 
 
-def _cycle(rng: np.random.Generator, minutes: int, on: tuple[int, int], off: tuple[int, int]) -> np.ndarray:
-    """A switch cycling ON for `on` and OFF for `off` minutes (random within the ranges)."""
-    state = np.zeros(minutes)
+SNAPSHOT_EVERY = "5min"  # the platform reports more often; 5 minutes keep the demo fast
+
+
+@dataclass(frozen=True)
+class Week:
+    """The demo's days as its story needs them: batches are dated back from the first day;
+    operators change setpoints and a batch is replaced on the middle day (the last day of a
+    2-day demo), so every demo of 2 days or more shows the story."""
+
+    first: dt.date
+    story: dt.date
+
+
+def demo_week(days: list[dt.date]) -> Week:
+    return Week(days[0], days[len(days) // 2])
+
+
+# From this local time of the story day on, (room, device type, point) holds the new value.
+OPERATOR_CHANGES = {
+    ("607", "air_cooler", "temp_set"): (dt.time(11, 20), 17.0),  # a warmer target
+    ("611", "fresh_air_fan", "control"): (dt.time(10, 40), 0.0),  # CO2 control → timer
+    ("612", "fresh_air_fan", "co2_on"): (dt.time(14, 15), 1100.0),  # beyond the 50 ppm deadband
+}
+# Read noise (± spread, rounded to step) on analog points: always below the point's deadband,
+# so it must never show as a change.
+READ_NOISE = {
+    ("fresh_air_fan", "co2_on"): (20, 1),
+    ("fresh_air_fan", "co2_off"): (20, 1),
+    ("left_humidifier", "on"): (0.3, 0.1),
+    ("left_humidifier", "off"): (0.3, 0.1),
+    ("right_humidifier", "on"): (0.3, 0.1),
+    ("right_humidifier", "off"): (0.3, 0.1),
+}
+# Grow-light channels: (on, off) in hours of the local clock, colour (choose: 0 white, 1 blue).
+LIGHT_CHANNELS = {1: (6.0, 18.0, 0), 2: (6.5, 17.5, 0), 3: (8.0, 16.0, 1), 4: (10.0, 14.0, 1)}
+
+# Each room's batch entered on a 35-day grid of its own, at least this many days before the
+# demo's first day: the grid keeps entry dates put when the demo is seeded again days later,
+# so the earlier days it leaves in place report the same batches.
+BATCH_CYCLE_DAYS = 35
+BATCH_MIN_AGE = {"607": 6, "608": 20, "611": 0, "612": 13}
+TURNOVER_ROOM = "608"  # its batch leaves; a new one enters at the story day's local midnight
+
+
+def batch_in(room: str, day: dt.date, week: Week) -> tuple[dt.date, int]:
+    """(entry date, bags) of the batch in `room` on `day`."""
+    if room == TURNOVER_ROOM and day >= week.story:
+        entry = week.story
+    else:
+        latest = week.first - dt.timedelta(days=BATCH_MIN_AGE[room])
+        phase = zlib.crc32(room.encode()) % BATCH_CYCLE_DAYS
+        entry = latest - dt.timedelta(days=(latest.toordinal() - phase) % BATCH_CYCLE_DAYS)
+    return entry, 2400 + 50 * int(_rng("bags", room, entry).integers(0, 25))
+
+
+def _cycle(rng: np.random.Generator, slots: int, on: tuple[int, int], off: tuple[int, int]) -> np.ndarray:
+    """A switch cycling ON for `on` and OFF for `off` snapshots (random within the ranges)."""
+    state = np.zeros(slots)
     t, value = int(rng.integers(0, off[1])), 1
-    while t < minutes:
+    while t < slots:
         length = int(rng.integers(*(on if value else off)))
         state[t : t + length] = value
         t, value = t + length, 1 - value
     return state
 
 
-def setpoints_for_day(room: str, day: dt.date, tz: ZoneInfo) -> pd.DataFrame:
-    """One room's device points, snapshotted every minute of one local day."""
+def setpoints_for_day(room: str, day: dt.date, tz: ZoneInfo, week: Week) -> pd.DataFrame:
+    """Every device point of one room (the catalog's devices `<type>_<room>`), snapshotted every
+    5 minutes of one local day; a dropped read is a NULL value (NaN in the float column)."""
     rng = _rng("setpoints", room, day)
-    start = pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=tz))
-    times = pd.date_range(start, start + pd.Timedelta(days=1), freq="1min", inclusive="left")
-    minutes = len(times)
-    hour = np.asarray((times - start).total_seconds() // 3600)
-    temperature_target = np.full(minutes, 16.5)
-    temperature_target[int(rng.integers(480, 1080)) :] = rng.choice([16.0, 17.0])  # operator
-    humidity_target = np.where(hour < 12, 90.0, 92.0)
-    cooler = _cycle(rng, minutes, (15, 35), (10, 30))
+    times = _local_day(day, tz, SNAPSHOT_EVERY)
+    n = len(times)
+    clock = np.asarray(times.hour + times.minute / 60)  # lights follow the local clock
+
+    def steady(value: float) -> np.ndarray:
+        return np.full(n, float(value))
+
+    entry, bags = batch_in(room, day, week)
     points = {
-        ("air_cooler", "on_off"): cooler,
-        ("air_cooler", "temperature_setpoint"): temperature_target,
-        ("air_cooler", "mode"): np.where(hour < 6, 2.0, 1.0),  # 1 cooling, 2 eco at night
-        ("air_cooler", "compressor_running"): cooler,  # a running state, excluded by the config
-        ("air_cooler", "temperature_reading"): 16.5 + rng.normal(0, 0.2, minutes),  # a sensor leak
-        ("humidifier", "on_off"): _cycle(rng, minutes, (5, 15), (10, 40)),
-        ("humidifier", "humidity_setpoint"): humidity_target,
-        ("fresh_air_fan", "fan_on_off"): ((np.arange(minutes) % 60) < 10).astype(float),
-        ("grow_light", "light_on_off"): ((hour >= 6) & (hour < 18)).astype(float),
+        ("air_cooler", "on_off"): _cycle(rng, n, (3, 8), (2, 7)),  # 15-35 min on, 10-30 off
+        ("air_cooler", "temp_set"): steady(16.5),
+        ("air_cooler", "temp_diffset"): steady(1.0),
+        ("air_cooler", "cyc_on_time"): steady(20),
+        ("air_cooler", "cyc_off_time"): steady(10),
+        ("air_cooler", "air_on_off"): steady(1),
+        ("air_cooler", "hum_on_off"): steady(1),
+        ("air_cooler", "cyc_on_off"): steady(1),
+        ("fresh_air_fan", "mode"): steady(1),  # auto
+        ("fresh_air_fan", "control"): steady(1),  # CO2 control
+        ("fresh_air_fan", "co2_on"): steady(1200),
+        ("fresh_air_fan", "co2_off"): steady(900),
+        ("fresh_air_fan", "on"): steady(10),
+        ("fresh_air_fan", "off"): steady(20),
+        **{(side, point): steady(value)
+           for side in ("left_humidifier", "right_humidifier")
+           for point, value in (("mode", 1), ("on", 88), ("off", 94))},
+        ("grow_light", "model"): steady(1),  # auto
+        ("grow_light", "on_mset"): steady(45),
+        ("grow_light", "off_mset"): steady(15),
+        **{("grow_light", f"on_off{c}"): ((clock >= on) & (clock < off)).astype(float)
+           for c, (on, off, _) in LIGHT_CHANNELS.items()},
+        **{("grow_light", f"choose{c}"): steady(colour)
+           for c, (_, _, colour) in LIGHT_CHANNELS.items()},
+        # the batch: its entry date and bags, its growth day ticking at local midnight
+        ("mushroom_info", "in_year"): steady(entry.year),
+        ("mushroom_info", "in_month"): steady(entry.month),
+        ("mushroom_info", "in_day"): steady(entry.day),
+        ("mushroom_info", "in_num"): steady(bags),
+        ("mushroom_info", "in_day_num"): steady((day - entry).days),
     }
-    frames = [
-        pd.DataFrame({"room": room, "device": device, "point": point,
-                      "value": values.astype(object), "recorded_at": times})
-        for (device, point), values in points.items()
-    ]
-    frame = pd.concat(frames, ignore_index=True)
-    frame.loc[rng.choice(len(frame), 3, replace=False), "value"] = None  # dropped reads
+    for (changed_room, device, point), (at, value) in OPERATOR_CHANGES.items():
+        if changed_room == room:
+            points[device, point][times >= dt.datetime.combine(week.story, at, tzinfo=tz)] = value
+    for key, (spread, step) in READ_NOISE.items():
+        noise = np.round(rng.uniform(-spread, spread, n) / step) * step
+        points[key] = np.round(points[key] + noise, 1)
+
+    keys = list(points)
+    frame = pd.DataFrame({
+        "room": room,
+        "device": np.repeat([f"{device}_{room}" for device, _ in keys], n),
+        "point": np.repeat([point for _, point in keys], n),
+        "value": np.concatenate([points[key] for key in keys]),
+        "recorded_at": times[np.tile(np.arange(n), len(keys))],
+    })
+    frame.loc[rng.choice(len(frame), 3, replace=False), "value"] = np.nan  # dropped reads
     repeated = frame.iloc[rng.choice(len(frame), 20, replace=False)]  # delivered twice
     return pd.concat([frame, repeated], ignore_index=True)
 
 
 def seed_setpoints(engine: sa.Engine, days: list[dt.date], tz: ZoneInfo) -> int:
+    week = demo_week(days)
     frame = pd.concat(
-        [setpoints_for_day(room, day, tz) for day in days for room in ROOMS], ignore_index=True
+        [setpoints_for_day(room, day, tz, week) for day in days for room in ROOMS], ignore_index=True
     )
     return _replace_demo_rows(
         engine, SETPOINT_DDL, "iot.device_setpoints", "recorded_at", frame, SETPOINT_TYPES, days, tz

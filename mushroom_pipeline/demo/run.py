@@ -8,7 +8,11 @@ import dagster as dg
 import pandas as pd
 
 from mushroom_pipeline.demo.farm import (
+    OPERATOR_CHANGES,
+    ROOMS,
+    TURNOVER_ROOM,
     days_ending,
+    demo_week,
     seed_env_readings,
     seed_images,
     seed_setpoints,
@@ -45,6 +49,20 @@ FROM src LEFT JOIN inv USING (day) LEFT JOIN rd USING (day) LEFT JOIN st USING (
      LEFT JOIN ev USING (day) LEFT JOIN sw USING (day) LEFT JOIN im USING (day)
      LEFT JOIN em USING (day) LEFT JOIN fa USING (day) ORDER BY day
 """
+# A batch is new when it replaced one the room reported before (on its first day every room's
+# batch is new to room_batches).
+BATCHES_SQL = """
+SELECT room, batch, entry_date, max(bags) AS bags, min(growth_day) AS first_growth_day,
+       max(growth_day) AS last_growth_day,
+       max(previous_entry_date) FILTER (WHERE new_batch) AS replaced_entry_date
+FROM mushroom.room_batches WHERE day = ANY(%(days)s) AND batch IS NOT NULL
+GROUP BY room, batch, entry_date ORDER BY room, entry_date
+"""
+CHANGES_SQL = """
+SELECT changed_at, device, point, old_value, new_value, old_label, new_label
+FROM mushroom.setpoint_change_events WHERE day = ANY(%(days)s) AND change_kind = 'changed'
+ORDER BY changed_at, device, point
+"""
 
 
 def choose_clip_weights() -> bool:
@@ -69,6 +87,11 @@ RANDOM_BANNER = """
 
 
 def run_demo(settings: Settings, days: int) -> None:
+    if settings.source_database_url:
+        # The demo's rooms are the farm's own: seeding them would overwrite the farm's data.
+        raise SystemExit(f"MUSHROOM_SOURCE_DATABASE_URL is set: the demo would overwrite rooms "
+                         f"{', '.join(ROOMS)} of the farm's IoT database. Unset it: the demo "
+                         "keeps its source tables in the warehouse database.")
     random_weights = choose_clip_weights()
     if random_weights:
         print(RANDOM_BANNER)
@@ -92,6 +115,9 @@ def materialize_demo(defs, resources, settings: Settings, days: int, random_weig
     print(f"Demo farm: {readings} readings, {snapshots} setpoint snapshots, {images} camera "
           f"images (+{corrupt} corrupt upload) for {demo_days[0]} … {demo_days[-1]} "
           f"({settings.timezone})")
+    changes = ", ".join(f"{point} of {device}_{room}" for room, device, point in OPERATOR_CHANGES)
+    print(f"  on {demo_week(demo_days).story}: a new batch enters room {TURNOVER_ROOM}; "
+          f"operators change {changes}")
 
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def("farm_daily_job")
@@ -109,13 +135,51 @@ def materialize_demo(defs, resources, settings: Settings, days: int, random_weig
     with warehouse.begin() as conn:
         model = resources.clip_encoder.model_id()
         summary = pd.read_sql_query(SUMMARY_SQL, conn, params={"days": demo_days, "model": model})
+        batches = pd.read_sql_query(BATCHES_SQL, conn, params={"days": demo_days})
+        changes = pd.read_sql_query(CHANGES_SQL, conn, params={"days": demo_days})
     print()
     print(summary.to_markdown(index=False))
+    # Not markdown: the summary stays the only pipe table of the output, for scripts reading it.
+    print("\nBatches (mushroom.room_batches):")
+    print(batch_table(batches).to_markdown(index=False, tablefmt="simple", disable_numparse=True))
+    print("\nSetpoint changes (switches aside; read noise within the deadbands is no change):")
+    print(change_table(changes, settings).to_markdown(index=False, tablefmt="simple",
+                                                      disable_numparse=True))
     print(f"\nCLIP model: {model}" + (RANDOM_BANNER if random_weights else ""))
     print(
         "\nOutput tables (schema mushroom): env_readings, env_readings_quarantine, "
-        "env_daily_stats, setpoint_snapshots, setpoint_snapshots_quarantine, "
-        "setpoint_change_events, switch_daily_stats, image_manifest, image_embeddings, "
-        "image_failures.\nSearch them: `mushroom-pipeline search --text 'young white caps'`.\nOpen the Dagster UI on the same data with `make ui` "
-        "(http://127.0.0.1:3000)."
+        "env_daily_stats (with batch and growth day: the view env_daily_stats_by_batch), "
+        "setpoint_snapshots, setpoint_snapshots_quarantine, setpoint_change_events, "
+        "setpoint_deadband_references, switch_daily_stats, room_batches, image_manifest, "
+        "image_embeddings, image_failures.\n"
+        "Search them: `mushroom-pipeline search --text 'young white caps'`.\n"
+        "Open the Dagster UI on the same data with `make ui` (http://127.0.0.1:3000)."
     )
+
+
+def batch_table(batches: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "room": batches["room"],
+        "batch": batches["batch"],
+        "entry date": batches["entry_date"],
+        "bags": batches["bags"],
+        "growth days": [f"{first} … {last}" for first, last in
+                        zip(batches["first_growth_day"], batches["last_growth_day"])],
+        "new": [f"new, replaced {room}/{replaced}" if pd.notna(replaced) else ""
+                for room, replaced in zip(batches["room"], batches["replaced_entry_date"])],
+    })
+
+
+def change_table(changes: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    def shown(value: float, label: str | None) -> str:
+        return f"{label} ({value:g})" if pd.notna(label) else f"{value:g}"
+
+    values = changes[["old_value", "old_label", "new_value", "new_label"]].itertuples(index=False)
+    return pd.DataFrame({
+        "changed at": pd.to_datetime(changes["changed_at"], utc=True)
+        .dt.tz_convert(settings.tz).dt.strftime("%Y-%m-%d %H:%M"),
+        "device": changes["device"],
+        "point": changes["point"],
+        "change": [f"{shown(old, old_label)} → {shown(new, new_label)}"
+                   for old, old_label, new, new_label in values],
+    })
