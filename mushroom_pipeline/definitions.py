@@ -13,6 +13,7 @@ from mushroom_pipeline.automation.alerts import (
     failed_check_alert,
     run_failure_alert,
 )
+from mushroom_pipeline.automation.freshness import freshness_checks, freshness_schedule
 from mushroom_pipeline.automation.jobs import (
     environment_job,
     farm_daily_job,
@@ -28,6 +29,7 @@ from mushroom_pipeline.automation.sensors import (
     late_env_readings_sensor,
     new_images_sensor,
 )
+from mushroom_pipeline.batches.assets import room_batches
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.io.postgres import PostgresPandasIOManager
@@ -41,6 +43,7 @@ from mushroom_pipeline.setpoints.assets import (
 )
 from mushroom_pipeline.setpoints.sensors import late_setpoints_sensor
 from mushroom_pipeline.settings import ConfigurationError
+from mushroom_pipeline.sources import SOURCES
 from mushroom_pipeline.vision.describer import DescriberResource
 from mushroom_pipeline.vision.embeddings import image_embeddings
 from mushroom_pipeline.vision.encoder import ClipEncoderResource
@@ -154,18 +157,24 @@ def executor():
     return None
 
 
+DAILY_ASSETS = [
+    env_readings,
+    env_daily_stats,
+    setpoint_snapshots,
+    setpoint_change_events,
+    switch_daily_stats,
+    room_batches,
+    image_manifest,
+    image_embeddings,
+]
+FRESHNESS_CHECKS = freshness_checks(DAILY_ASSETS)
+
 defs = dg.Definitions(
-    assets=[
-        env_readings,
-        env_daily_stats,
-        setpoint_snapshots,
-        setpoint_change_events,
-        switch_daily_stats,
-        image_manifest,
-        image_embeddings,
-    ],
+    assets=[*SOURCES, *DAILY_ASSETS],
+    asset_checks=FRESHNESS_CHECKS,
     jobs=[environment_job, setpoints_job, vision_job, farm_daily_job],
-    schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference],
+    schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference,
+               freshness_schedule(FRESHNESS_CHECKS)],
     sensors=[late_env_readings_sensor, late_setpoints_sensor, new_images_sensor, run_failure_alert,
              failed_check_alert],
     resources=all_resources(),

@@ -258,3 +258,40 @@ def days_in_full(now: dt.datetime) -> dt.date:
     today = now.astimezone(dt.timezone.utc).date()
     days = [today - dt.timedelta(days=n) for n in range(sensors.LOOKBACK_DAYS + 1)]
     return days[int(now.timestamp() // sensors.RESCAN_EVERY_S) % len(days)]
+
+
+def test_a_daily_asset_whose_yesterday_is_missing_after_the_deadline_fails_its_freshness_check(
+        warehouse, monkeypatch):
+    from mushroom_pipeline.automation.freshness import freshness_checks
+    from mushroom_pipeline.definitions import defs
+
+    monkeypatch.setenv("MUSHROOM_FRESH_BY_HOUR", "0")  # the deadline has passed whenever this runs
+    checks = freshness_checks([env_readings])
+    today = dt.datetime.now(dt.timezone.utc).date()
+    instance = dg.DagsterInstance.ephemeral()
+
+    def evaluate() -> dg.AssetCheckEvaluation:
+        result = dg.materialize([env_readings, *checks], instance=instance,
+                                selection=dg.AssetSelection.checks(*checks),
+                                resources=database_resources())
+        evaluation, = result.get_asset_check_evaluations()
+        return evaluation
+
+    for days_ago in (3, 2):
+        assert dg.materialize([env_readings], instance=instance, resources=database_resources(),
+                              partition_key=(today - dt.timedelta(days=days_ago)).isoformat()).success
+    late = evaluate()
+    assert not late.passed and late.severity == dg.AssetCheckSeverity.WARN
+    assert late.metadata["expected_partition"].value == (today - dt.timedelta(days=1)).isoformat()
+    assert dg.materialize([env_readings], instance=instance, resources=database_resources(),
+                          partition_key=(today - dt.timedelta(days=1)).isoformat()).success
+    assert evaluate().passed
+    # every daily asset carries one, run by a sensor that is on by default
+    checked = {key.asset_key.to_user_string() for key in defs.resolve_asset_graph().asset_check_keys
+               if key.name == "yesterday_by_deadline"}
+    assert checked >= {"env_readings", "env_daily_stats", "setpoint_snapshots",
+                       "setpoint_change_events", "switch_daily_stats", "room_batches",
+                       "image_manifest", "image_embeddings"}
+    schedule = defs.resolve_schedule_def("freshness_checks")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.cron_schedule == "10 6-23 * * *"  # hourly from the default deadline, 06:00

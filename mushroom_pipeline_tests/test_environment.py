@@ -333,3 +333,23 @@ def test_a_broken_metric_catalog_stops_the_code_location_naming_file_and_variabl
     monkeypatch.setenv("MUSHROOM_METRIC_CATALOG", str(tmp_path / "missing.yaml"))
     with pytest.raises(CatalogError, match="MUSHROOM_METRIC_CATALOG: cannot read"):
         farm_catalog_resource()
+
+
+def test_the_silence_check_names_sensors_that_stopped_reporting_not_those_reporting_bad_values(
+        warehouse):
+    def hourly(day: str, room: str, metric: str, value: float, hours=range(24)) -> list[tuple]:
+        return [(room, metric, value, f"{day} {h:02d}:00") for h in hours]
+
+    insert_readings(warehouse, hourly("2026-01-12", "607", "temperature", 16.0)
+                    + hourly("2026-01-12", "607", "humidity", 90.0)
+                    + hourly("2026-01-12", "608", "temperature", 17.0))
+    first = run("2026-01-12")
+    assert check_results(first)["sensors_reporting"].passed
+    insert_readings(warehouse, hourly("2026-01-13", "607", "temperature", 16.0, range(11))  # stops
+                    + hourly("2026-01-13", "607", "humidity", 150.0))  # reports, out of range
+    evaluation = check_results(run("2026-01-13"))["sensors_reporting"]
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.description == "Sensors stopped reporting: 607 temperature_c, 608 temperature_c"
+    assert evaluation.metadata["silent_sensors"].value == 2
+    silent = evaluation.metadata["silent"].value
+    assert "no readings" in silent and "silent for 0 days 14:00:00" in silent

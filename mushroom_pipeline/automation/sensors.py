@@ -21,6 +21,7 @@ from mushroom_pipeline.io.source import SourceLedger, rows_per_day
 from mushroom_pipeline.objectstore import ImageObject, ObjectStoreResource, parse_image_key
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.sources import CAMERA_IMAGES, IOT_ENV_READINGS, observation
 from mushroom_pipeline.vision.encoder import ClipEncoderResource
 
 LOOKBACK_DAYS = 14  # late data older than this needs a manual backfill
@@ -134,6 +135,7 @@ def materialization_ids(context: dg.SensorEvaluationContext, asset: str) -> dict
 class StaleDays:
     grown: dict[str, int]  # {day: source rows}: rows arrived since the day was materialized
     shrunk: dict[str, tuple[int, int]]  # {day: (source rows, stored rows)}: rows were deleted
+    source_rows: dict[str, int]  # {day: source rows} over the lookback, as seen this tick
 
 
 def stale_partitions(
@@ -159,6 +161,7 @@ def stale_partitions(
         grown={d: source[d] for d in closed if source.get(d, 0) > stored.get(d, 0)},
         shrunk={d: (source.get(d, 0), stored[d]) for d in closed
                 if source.get(d, 0) < stored.get(d, 0)},
+        source_rows=dict(sorted(source.items())),
     )
 
 
@@ -168,10 +171,11 @@ def late_data_requests(
     trigger: str,
     materialized: dict[str, int],
     alert_webhook: AlertWebhookResource,
+    observed: list[dg.AssetObservation],
     covering: Callable[[str], tuple[str, str]] = lambda day: (day, day),
-) -> list[dg.RunRequest] | dg.SkipReason:
+) -> dg.SensorResult:
     """Run requests for the days with late rows, each run covering `covering(day)` (a first and
-    last partition); purged days are logged, never re-run."""
+    last partition); purged days are logged, never re-run. `observed`: the source's observation."""
     if stale.shrunk:
         context.log.warning(
             f"{len(stale.shrunk)} day(s) have fewer source rows than the warehouse stored "
@@ -192,10 +196,10 @@ def late_data_requests(
     requests = requests_that_never_lose_work(
         context, wanted, request_for, alert_webhook, dt.datetime.now(dt.UTC)
     )
-    return requests or dg.SkipReason(
+    return dg.SensorResult(run_requests=requests, asset_events=observed, skip_reason=None if requests else (
         f"{len(stale.grown)} day(s) with late data, none to request now; {len(stale.shrunk)} "
         "purged day(s) left as stored"
-    )
+    ))
 
 
 @dg.sensor(
@@ -216,7 +220,10 @@ def late_env_readings_sensor(
     materialized = materialization_ids(context, "env_readings")
     stale = stale_partitions(ENV_READINGS_LEDGER, source_database, warehouse, set(materialized),
                              dt.datetime.now(dt.UTC))
-    return late_data_requests(context, stale, "late_env_readings", materialized, alert_webhook)
+    observed = observation(context, IOT_ENV_READINGS, rows_by_day=stale.source_rows,
+                           latest_measured_at=ENV_READINGS_LEDGER.latest(source_database))
+    return late_data_requests(context, stale, "late_env_readings", materialized, alert_webhook,
+                              observed)
 
 
 RESCAN_EVERY_S = 300  # each tick lists one day of the lookback in full, in turn
@@ -310,4 +317,9 @@ def new_images_sensor(
             "mushroom/trigger": "new_images", "mushroom/new_images": str(len(new[day]))}),
         alert_webhook, dt.datetime.now(dt.UTC),
     )
-    return requests or dg.SkipReason(f"{len(new)} day(s) with new images, none to request now")
+    observed = observation(context, CAMERA_IMAGES, new_images_by_day={
+        day: len(images) for day, images in sorted(new.items())})
+    return dg.SensorResult(
+        run_requests=requests, asset_events=observed,
+        skip_reason=None if requests else f"{len(new)} day(s) with new images, none to request now",
+    )

@@ -75,3 +75,41 @@ def check_complete(stats: pd.DataFrame, seen: pd.DataFrame) -> dg.AssetCheckResu
             "missing": markdown_preview(missing, 20),
         },
     )
+
+
+SILENCE_LIMIT = pd.Timedelta(hours=3)
+RECENT_DAYS = 7
+silence_spec = dg.AssetCheckSpec(
+    "sensors_reporting",
+    asset="env_daily_stats",
+    description=f"Every (room, metric) that reported in the {RECENT_DAYS} days before still "
+    f"reports: none silent for {SILENCE_LIMIT.components.hours} h or more at the day's end (or "
+    "now, today). A sensor reporting bad values is not silent: the quarantine counts it.",
+)
+
+
+def check_silence(stats: pd.DataFrame, quarantined: pd.DataFrame, recent: pd.DataFrame,
+                  days: list, now: pd.Timestamp) -> dg.AssetCheckResult:
+    """`recent`: (room, metric) with stats in the days before the window; `quarantined`: (day,
+    room, metric) with invalid rows only. Names each silent sensor with its last reading."""
+    expected = pd.concat([recent, stats[["room", "metric"]]]).drop_duplicates()
+    silent = []
+    for day in days:
+        end = min(pd.Timestamp(day, tz=now.tz) + pd.Timedelta(days=1), now)
+        of_day = stats[stats["day"] == day].set_index(["room", "metric"])["last_at"]
+        invalid = set(map(tuple, quarantined[quarantined["day"] == day][["room", "metric"]].values))
+        for room, metric in expected.itertuples(index=False):
+            last = of_day.get((room, metric))
+            if last is None and (room, metric) not in invalid:
+                silent.append((day, room, metric, None, "no readings"))
+            elif last is not None and end - last >= SILENCE_LIMIT:
+                silent.append((day, room, metric, last, f"silent for {(end - last).round('min')}"))
+    frame = pd.DataFrame(silent, columns=["day", "room", "metric", "last_reading", "silence"])
+    return dg.AssetCheckResult(
+        check_name=silence_spec.name,
+        passed=frame.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if frame.empty else "Sensors stopped reporting: "
+        + ", ".join(sorted({f"{r} {m}" for r, m in zip(frame["room"], frame["metric"])})),
+        metadata={"silent_sensors": len(frame), "silent": markdown_preview(frame, 20)},
+    )

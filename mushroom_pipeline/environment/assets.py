@@ -1,17 +1,22 @@
 """Environment readings (temperature, humidity, CO2 per room) → validated readings → daily stats."""
 
+import datetime as dt
 import functools
 import json
 
 import dagster as dg
+import pandas as pd
 
 from mushroom_pipeline.checks.environment import (
+    RECENT_DAYS,
     check_complete,
     check_coverage,
     check_invalid_share,
+    check_silence,
     complete_spec,
     coverage_spec,
     invalid_share_spec,
+    silence_spec,
 )
 from mushroom_pipeline.catalog.metrics import NAME_TYPES
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
@@ -26,6 +31,7 @@ from mushroom_pipeline.io.postgres import (
     column_schema,
     column_types,
     read_frame,
+    table_exists,
 )
 from mushroom_pipeline.io.source import (
     SourceLedger,
@@ -34,9 +40,10 @@ from mushroom_pipeline.io.source import (
     staged_frame,
     time_slice,
 )
-from mushroom_pipeline.partitions import daily_partitions
+from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
+from mushroom_pipeline.sources import IOT_ENV_READINGS
 
 METRIC_DESCRIPTION = "canonical name of the metric catalog (the source's name if it has none)"
 READINGS_SCHEMA = column_schema(
@@ -94,6 +101,7 @@ ENV_READINGS_LEDGER = SourceLedger(
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "measured_at", "dagster/column_schema": READINGS_SCHEMA},
     check_specs=[invalid_share_spec],
+    deps=[IOT_ENV_READINGS],
     group_name="environment",
     pool=POSTGRES_HEAVY_POOL,
     kinds={"postgres"},
@@ -174,7 +182,7 @@ QUARANTINED_GROUPS_SQL = "SELECT DISTINCT measured_at::date AS day, room, metric
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": STATS_SCHEMA},
-    check_specs=[coverage_spec, complete_spec],
+    check_specs=[coverage_spec, complete_spec, silence_spec],
     group_name="environment",
     kinds={"postgres"},
 )
@@ -184,8 +192,9 @@ def env_daily_stats(
     farm_catalog: FarmCatalogResource,
     env_readings: PostgresRelation,
 ):
+    window = context.partition_time_window
     quarantine = PostgresClient.get_select_statement(
-        time_slice(QUARANTINE_TABLE, "measured_at", context.partition_time_window)
+        time_slice(QUARANTINE_TABLE, "measured_at", window)
     )
     relations = {"readings": env_readings.sql, "quarantine": quarantine}
     with warehouse.begin() as conn:
@@ -195,6 +204,11 @@ def env_daily_stats(
             QUARANTINED_GROUPS_SQL.format(**relations),
             {"day": "date", "room": "text", "metric": "text"},
         )
+        recent = pd.DataFrame(conn.exec_driver_sql(
+            "SELECT DISTINCT room, metric FROM mushroom.env_daily_stats "
+            "WHERE day >= %s AND day < %s",
+            (window.start.date() - dt.timedelta(days=RECENT_DAYS), window.start.date()),
+        ).all() if table_exists(conn, "mushroom.env_daily_stats") else [], columns=["room", "metric"])
     means = stats.groupby("metric")["mean"].mean()
     known = [m.name for m in farm_catalog.metrics().metrics]
     context.log.info(f"{len(stats)} stats rows for {stats['day'].nunique()} day(s)")
@@ -222,3 +236,5 @@ def env_daily_stats(
     )
     yield check_coverage(stats)
     yield check_complete(stats, quarantined)
+    days = [window.start.date() + dt.timedelta(days=n) for n in range((window.end - window.start).days)]
+    yield check_silence(stats, quarantined, recent, days, pd.Timestamp.now(tz=SETTINGS.tz))

@@ -98,13 +98,13 @@ def select_statement(table_slice: TableSlice, types: Mapping[str, str] | None = 
     return f"SELECT {columns} FROM {qualified_name(table_slice)} WHERE {clause}"
 
 
+def table_exists(connection: sa.Connection, table: str) -> bool:
+    """Whether `table` (schema-qualified, quoted or not) exists."""
+    return connection.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is not None
+
+
 def _table_exists(connection: sa.Connection, table_slice: TableSlice) -> bool:
-    return (
-        connection.exec_driver_sql(
-            "SELECT to_regclass(%s)", (qualified_name(table_slice),)
-        ).scalar()
-        is not None
-    )
+    return table_exists(connection, qualified_name(table_slice))
 
 
 LOCK_NOT_AVAILABLE = "55P03"

@@ -90,6 +90,15 @@ class SourceLedger:
     def source_per_day(self, source: PostgresResource, start, end=None) -> dict[str, int]:
         return rows_per_day(source, self.source_table, self.time_column, "count(*)", start, end)
 
+    def latest(self, source: PostgresResource) -> str | None:
+        """The source's newest time (ISO), for the UI: when did the source last change."""
+        with source.begin() as conn:
+            if conn.exec_driver_sql("SELECT to_regclass(%s)", (self.source_table,)).scalar() is None:
+                return None
+            latest = conn.exec_driver_sql(
+                f"SELECT max({self.time_column}) FROM {self.source_table}").scalar()
+        return latest.isoformat() if latest else None
+
     def stored_per_day(self, warehouse: PostgresResource, start, end=None) -> dict[str, int]:
         table, count = self.stored
         stored = rows_per_day(warehouse, f"mushroom.{table}", self.time_column, count, start, end)

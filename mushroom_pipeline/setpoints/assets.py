@@ -49,6 +49,7 @@ from mushroom_pipeline.setpoints.snapshots import (
     staged_baselines,
     window_points,
 )
+from mushroom_pipeline.sources import IOT_DEVICE_SETPOINTS
 
 SNAPSHOTS_SCHEMA = column_schema(
     ("room", "text"),
@@ -106,6 +107,7 @@ SETPOINTS_LEDGER = SourceLedger(
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": SNAPSHOTS_SCHEMA},
+    deps=[IOT_DEVICE_SETPOINTS],
     group_name="setpoints",
     pool=POSTGRES_HEAVY_POOL,
     kinds={"postgres"},

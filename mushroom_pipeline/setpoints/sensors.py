@@ -14,6 +14,7 @@ from mushroom_pipeline.automation.sensors import (
 )
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.setpoints.assets import SETPOINTS_LEDGER
+from mushroom_pipeline.sources import IOT_DEVICE_SETPOINTS, observation
 
 
 @dg.sensor(
@@ -41,5 +42,7 @@ def late_setpoints_sensor(
         following = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
         return day, following if following in materialized and following not in stale.shrunk else day
 
+    observed = observation(context, IOT_DEVICE_SETPOINTS, rows_by_day=stale.source_rows,
+                           latest_recorded_at=SETPOINTS_LEDGER.latest(source_database))
     return late_data_requests(context, stale, "late_setpoints", materialized, alert_webhook,
-                              with_next_day)
+                              observed, with_next_day)

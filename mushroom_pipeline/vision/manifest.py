@@ -22,6 +22,7 @@ from mushroom_pipeline.objectstore import (
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
+from mushroom_pipeline.sources import CAMERA_IMAGES
 
 MANIFEST_SCHEMA = column_schema(
     ("day", "date", "the capture day: the key's folder date"),
@@ -101,6 +102,7 @@ def keep_gone_images(
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": MANIFEST_SCHEMA},
+    deps=[CAMERA_IMAGES],
     group_name="vision",
     kinds={"s3", "postgres"},
 )
