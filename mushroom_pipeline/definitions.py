@@ -17,12 +17,14 @@ from mushroom_pipeline.automation.freshness import freshness_checks, freshness_s
 from mushroom_pipeline.automation.jobs import (
     environment_job,
     farm_daily_job,
+    insights_job,
     setpoints_job,
     vision_job,
 )
 from mushroom_pipeline.automation.schedules import (
     daily_clip_inference,
     daily_env_stats,
+    daily_insights,
     hourly_setpoint_monitoring,
 )
 from mushroom_pipeline.automation.sensors import (
@@ -32,6 +34,8 @@ from mushroom_pipeline.automation.sensors import (
 from mushroom_pipeline.batches.assets import room_batches
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.insights.compliance import setpoint_compliance
+from mushroom_pipeline.insights.responses import change_responses
 from mushroom_pipeline.io.postgres import PostgresPandasIOManager
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.partitions import SETTINGS
@@ -166,14 +170,16 @@ DAILY_ASSETS = [
     room_batches,
     image_manifest,
     image_embeddings,
+    setpoint_compliance,
+    change_responses,
 ]
 FRESHNESS_CHECKS = freshness_checks(DAILY_ASSETS)
 
 defs = dg.Definitions(
     assets=[*SOURCES, *DAILY_ASSETS],
     asset_checks=FRESHNESS_CHECKS,
-    jobs=[environment_job, setpoints_job, vision_job, farm_daily_job],
-    schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference,
+    jobs=[environment_job, setpoints_job, vision_job, insights_job, farm_daily_job],
+    schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference, daily_insights,
                freshness_schedule(FRESHNESS_CHECKS)],
     sensors=[late_env_readings_sensor, late_setpoints_sensor, new_images_sensor, run_failure_alert,
              failed_check_alert],

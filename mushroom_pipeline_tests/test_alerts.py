@@ -152,7 +152,8 @@ def test_without_a_webhook_alerts_are_logged(capfd):
 
 def test_every_asset_retries_transient_errors_and_the_heavy_steps_share_pools():
     for key in ("env_readings", "env_daily_stats", "setpoint_snapshots", "setpoint_change_events",
-                "switch_daily_stats", "room_batches", "image_manifest", "image_embeddings"):
+                "switch_daily_stats", "room_batches", "image_manifest", "image_embeddings",
+                "setpoint_compliance", "change_responses"):
         assets_def = defs.resolve_assets_def(key)
         assert next(iter(assets_def.node_def.retry_policy and [assets_def.node_def.retry_policy])) == TRANSIENT_RETRY
     assert defs.resolve_assets_def("image_embeddings").node_def.pool == "clip"

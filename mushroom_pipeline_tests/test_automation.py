@@ -295,3 +295,19 @@ def test_a_daily_asset_whose_yesterday_is_missing_after_the_deadline_fails_its_f
     schedule = defs.resolve_schedule_def("freshness_checks")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.cron_schedule == "10 6-23 * * *"  # hourly from the default deadline, 06:00
+
+
+def test_the_insights_schedule_runs_the_day_before_yesterday_and_yesterday_after_the_stats():
+    from mushroom_pipeline.automation.schedules import daily_insights
+
+    assert daily_insights.cron_schedule == "33 1 * * *" and daily_insights.job_name == "insights_job"
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2026, 1, 14, 1, 33, tzinfo=dt.timezone.utc),
+        repository_def=defs.get_repository_def(),
+    )
+    request, = daily_insights.evaluate_tick(context).run_requests
+    assert (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"]) == ("2026-01-12", "2026-01-13")
+    assert {"setpoint_compliance", "change_responses"} == {
+        k.to_user_string() for k in defs.resolve_job_def("insights_job").asset_layer.executable_asset_keys
+    }

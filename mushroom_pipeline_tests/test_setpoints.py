@@ -648,3 +648,11 @@ def test_a_catalog_switch_holding_another_value_is_quarantined_and_never_a_basel
     assert snapshots["baselines_before_window"].value == 1
     staged = query(warehouse, "SELECT tablename FROM pg_tables WHERE schemaname = 'mushroom_staging'")
     assert staged.empty  # the switches', baselines' and source rows' staging tables are gone
+
+
+def test_a_day_without_any_snapshot_gives_no_events_and_no_error(warehouse):
+    insert_setpoints(warehouse, [("607", "air_cooler_607", "temp_set", 16.0, "2026-01-12 10:00")])
+    result = run("2026-01-13")  # nothing recorded that day
+    assert events(warehouse).empty
+    assert result.asset_materializations_for_node("setpoint_change_events")[0].metadata[
+        "points_tracked"].value == 0

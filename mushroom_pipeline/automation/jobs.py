@@ -32,3 +32,11 @@ vision_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     description="Camera images → manifest → CLIP embeddings, descriptions and fused vectors.",
 )
+
+insights_job = dg.define_asset_job(
+    "insights_job",
+    selection=dg.AssetSelection.groups("insights"),
+    partitions_def=daily_partitions,
+    description="Did the rooms hold their setpoints, did a change work: compliance and change "
+    "responses.",
+)

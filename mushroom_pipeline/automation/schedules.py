@@ -4,7 +4,12 @@ import datetime as dt
 
 import dagster as dg
 
-from mushroom_pipeline.automation.jobs import environment_job, setpoints_job, vision_job
+from mushroom_pipeline.automation.jobs import (
+    environment_job,
+    insights_job,
+    setpoints_job,
+    vision_job,
+)
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 
 
@@ -66,3 +71,22 @@ def hourly_setpoint_monitoring(context: dg.ScheduleEvaluationContext):
 )
 def daily_clip_inference(context: dg.ScheduleEvaluationContext):
     return yesterday_request("daily_clip_inference", context)
+
+
+@dg.schedule(
+    name="daily_insights",
+    cron_schedule="33 1 * * *",
+    execution_timezone=SETTINGS.timezone,
+    job=insights_job,
+    description="01:33 farm time, after daily_env_stats: one run over the day before yesterday "
+    "and yesterday, so a change late on the day before gets its response windows completed by "
+    "yesterday's readings.",
+)
+def daily_insights(context: dg.ScheduleEvaluationContext):
+    key = previous_day_partition(context.scheduled_execution_time)
+    if key is None:
+        return dg.SkipReason("yesterday precedes MUSHROOM_START_DATE")
+    first = max((dt.date.fromisoformat(key) - dt.timedelta(days=1)).isoformat(),
+                daily_partitions.get_first_partition_key())
+    return dg.RunRequest(run_key=f"daily_insights:{key}", tags={
+        "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": key})

@@ -62,7 +62,9 @@ def point_treatments(connection: sa.Connection, snapshots_sql: str, config: Poin
         treatment = config.treatment(room, device, point)
         rows.append((room, device, point, treatment.kind, treatment.deadband,
                      treatment.excluded, treatment.configured, treatment.labels))
-    return pd.DataFrame(rows, columns=TREATMENT_COLUMNS)
+    # typed also when empty (a day without snapshots): boolean masks stay masks
+    return pd.DataFrame(rows, columns=TREATMENT_COLUMNS).astype(
+        {"deadband": float, "excluded": bool, "configured": bool})
 
 
 def stage_tracked_points(connection: sa.Connection, treatments: pd.DataFrame) -> None:
