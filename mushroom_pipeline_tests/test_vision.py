@@ -23,7 +23,7 @@ from mushroom_pipeline import cli
 from mushroom_pipeline.automation.sensors import new_images_sensor
 from mushroom_pipeline.batches.assets import room_batches
 from mushroom_pipeline.checks.vision import check_failure_rate
-from mushroom_pipeline.definitions import database_resources, defs
+from mushroom_pipeline.definitions import database_resources
 from mushroom_pipeline.environment.assets import env_readings
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.setpoints.assets import setpoint_snapshots
@@ -33,7 +33,7 @@ from mushroom_pipeline.vision.encoder import ClipEncoderResource
 from mushroom_pipeline.vision.manifest import image_manifest
 from mushroom_pipeline.vision.search import nearest, stored_vector
 
-from .helpers import insert_readings, insert_setpoints, query
+from .helpers import insert_readings, insert_setpoints, query, sensor_tick
 
 DAY = "2025-12-24"
 TINY = {
@@ -494,11 +494,8 @@ def test_the_new_images_sensor_requests_days_with_images_not_yet_embedded(wareho
     instance = dg.DagsterInstance.ephemeral()
 
     def tick(cursor=None):
-        with dg.build_sensor_context(
-            instance=instance, cursor=cursor, repository_def=defs.get_repository_def(),
-            resources={k: res[k] for k in ("object_store", "warehouse", "clip_encoder")},
-        ) as context:
-            return new_images_sensor.evaluate_tick(context)
+        return sensor_tick(new_images_sensor, instance, cursor, **{
+            k: res[k] for k in ("object_store", "warehouse", "clip_encoder")})
 
     first = tick()
     assert [r.partition_key for r in first.run_requests] == [days[1]]
