@@ -21,6 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from mushroom_pipeline.io.postgres import copy_frame
+from mushroom_pipeline.objectstore import ObjectMissingError
 
 ROOMS = ["607", "608", "611", "612"]
 
@@ -295,6 +296,17 @@ def demo_image(room: str, day: dt.date, hour: int) -> bytes:
     return buffer.getvalue()
 
 
+def put_unless_same(store, key: str, data: bytes) -> None:
+    """Writes the object unless it already holds these bytes: a re-seeded demo keeps its etags
+    (the local store's etag is a size+mtime marker), so nothing is embedded twice."""
+    try:
+        if store.get(key) == data:
+            return
+    except ObjectMissingError:
+        pass
+    store.put(key, data)
+
+
 def seed_images(store, days: list[dt.date]) -> tuple[int, int]:
     """Camera images per the contract's key layout; the last day also gets one corrupt upload
     (a camera that lost power mid-write), so the failure path shows. Returns (images, corrupt)."""
@@ -303,9 +315,11 @@ def seed_images(store, days: list[dt.date]) -> tuple[int, int]:
         for room in ROOMS:
             for hour in IMAGE_HOURS:
                 stamp = f"{day:%Y%m%d}{hour:02d}0000"
-                store.put(f"{room}/{day:%Y%m%d}/{room}_cam1_{stamp}.jpg", demo_image(room, day, hour))
+                put_unless_same(store, f"{room}/{day:%Y%m%d}/{room}_cam1_{stamp}.jpg",
+                                demo_image(room, day, hour))
                 count += 1
     last = days[-1]
     whole = demo_image(ROOMS[0], last, 23)
-    store.put(f"{ROOMS[0]}/{last:%Y%m%d}/{ROOMS[0]}_cam1_{last:%Y%m%d}230000.jpg", whole[: len(whole) // 3])
+    put_unless_same(store, f"{ROOMS[0]}/{last:%Y%m%d}/{ROOMS[0]}_cam1_{last:%Y%m%d}230000.jpg",
+                    whole[: len(whole) // 3])
     return count, 1
