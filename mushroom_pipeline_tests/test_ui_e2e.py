@@ -141,11 +141,14 @@ def test_a_backfill_by_date_range_runs_through_the_daemon(warehouse, dagster_ui)
     assert (DAYS[0], DAYS[-1]) in [(r["startKey"], r["endKey"]) for r in materialized]
 
     def lineage(key, direction):
-        return sorted(k["path"][0] for k in by_key[key][direction])
+        return sorted("/".join(k["path"]) for k in by_key[key][direction])
 
     assert lineage("env_daily_stats", "dependencyKeys") == ["env_readings"]
-    assert lineage("env_readings", "dependedByKeys") == ["env_daily_stats", "image_embeddings"]
-    assert lineage("image_embeddings", "dependencyKeys") == ["env_readings", "image_manifest"]
+    assert lineage("env_readings", "dependencyKeys") == ["iot/env_readings"]  # the source
+    assert lineage("env_readings", "dependedByKeys") == [
+        "change_responses", "env_daily_stats", "image_embeddings", "setpoint_compliance"]
+    assert lineage("image_embeddings", "dependencyKeys") == [
+        "env_readings", "image_manifest", "room_batches"]
     assert lineage("setpoint_change_events", "dependencyKeys") == ["setpoint_snapshots"]
     assert {"env_readings", "env_daily_stats", "setpoint_snapshots", "setpoint_change_events",
             "image_manifest", "image_embeddings"} <= set(by_key)
