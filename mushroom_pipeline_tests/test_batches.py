@@ -168,3 +168,6 @@ def test_a_day_without_a_snapshot_of_the_batch_device_has_no_row(warehouse):
     ])
     run(start="2026-01-12", end="2026-01-13")
     assert batches(warehouse)["day"].tolist() == ["2026-01-12"]
+    empty = run(partition_key="2026-01-14")  # no snapshot at all: no rows, no failure
+    assert (metadata(empty)["rooms"], metadata(empty)["batches"]) == (0, 0) and check(empty).passed
+    assert batches(warehouse)["day"].tolist() == ["2026-01-12"]
