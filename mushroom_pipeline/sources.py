@@ -9,33 +9,22 @@ import dagster as dg
 
 OWNER = "team:farm-data"
 
-IOT_ENV_READINGS = dg.AssetSpec(
-    key=["iot", "env_readings"],
-    description="The IoT platform's environment readings (room, metric, value, measured_at).",
-    group_name="sources",
-    kinds={"postgres"},
-    owners=[OWNER],
-    tags={"layer": "source"},
-    metadata={"table": "iot.env_readings", "variable": "MUSHROOM_SOURCE_DATABASE_URL"},
-)
-IOT_DEVICE_SETPOINTS = dg.AssetSpec(
-    key=["iot", "device_setpoints"],
-    description="The IoT platform's periodic snapshots of every device point.",
-    group_name="sources",
-    kinds={"postgres"},
-    owners=[OWNER],
-    tags={"layer": "source"},
-    metadata={"table": "iot.device_setpoints", "variable": "MUSHROOM_SOURCE_DATABASE_URL"},
-)
-CAMERA_IMAGES = dg.AssetSpec(
-    key=["camera_images"],
-    description="The cameras' photos in the object store, `<room>/<YYYYMMDD>/<file>`.",
-    group_name="sources",
-    kinds={"s3"},
-    owners=[OWNER],
-    tags={"layer": "source"},
-    metadata={"variable": "MUSHROOM_IMAGE_BUCKET"},
-)
+
+def _source(key: list[str], description: str, kind: str, **metadata: str) -> dg.AssetSpec:
+    return dg.AssetSpec(key=key, description=description, group_name="sources", kinds={kind},
+                        owners=[OWNER], tags={"layer": "source"}, metadata=metadata)
+
+
+IOT_ENV_READINGS = _source(
+    ["iot", "env_readings"], "The IoT platform's environment readings (room, metric, value, "
+    "measured_at).", "postgres", table="iot.env_readings", variable="MUSHROOM_SOURCE_DATABASE_URL")
+IOT_DEVICE_SETPOINTS = _source(
+    ["iot", "device_setpoints"], "The IoT platform's periodic snapshots of every device point.",
+    "postgres", table="iot.device_setpoints", variable="MUSHROOM_SOURCE_DATABASE_URL")
+CAMERA_IMAGES = _source(
+    ["camera_images"], "The cameras' photos in the object store, `<room>/<YYYYMMDD>/<file>`.",
+    "s3", variable="MUSHROOM_IMAGE_BUCKET")
+
 SOURCES = [IOT_ENV_READINGS, IOT_DEVICE_SETPOINTS, CAMERA_IMAGES]
 
 

@@ -20,11 +20,17 @@ def previous_day_partition(scheduled_at: dt.datetime) -> str | None:
     return key if key >= daily_partitions.get_first_partition_key() else None
 
 
-def yesterday_request(schedule: str, context: dg.ScheduleEvaluationContext):
+def yesterday_request(schedule: str, context: dg.ScheduleEvaluationContext, days: int = 1):
+    """Yesterday's partition; with `days` > 1, one run over the `days` days ending yesterday."""
     key = previous_day_partition(context.scheduled_execution_time)
     if key is None:
         return dg.SkipReason("yesterday precedes MUSHROOM_START_DATE")
-    return dg.RunRequest(run_key=f"{schedule}:{key}", partition_key=key)
+    if days == 1:
+        return dg.RunRequest(run_key=f"{schedule}:{key}", partition_key=key)
+    first = max((dt.date.fromisoformat(key) - dt.timedelta(days=days - 1)).isoformat(),
+                daily_partitions.get_first_partition_key())
+    return dg.RunRequest(run_key=f"{schedule}:{key}", tags={
+        "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": key})
 
 
 @dg.schedule(
@@ -83,10 +89,4 @@ def daily_clip_inference(context: dg.ScheduleEvaluationContext):
     "yesterday's readings.",
 )
 def daily_insights(context: dg.ScheduleEvaluationContext):
-    key = previous_day_partition(context.scheduled_execution_time)
-    if key is None:
-        return dg.SkipReason("yesterday precedes MUSHROOM_START_DATE")
-    first = max((dt.date.fromisoformat(key) - dt.timedelta(days=1)).isoformat(),
-                daily_partitions.get_first_partition_key())
-    return dg.RunRequest(run_key=f"daily_insights:{key}", tags={
-        "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": key})
+    return yesterday_request("daily_insights", context, days=2)

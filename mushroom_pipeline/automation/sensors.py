@@ -17,7 +17,8 @@ from dagster._core.storage.tags import (
 from mushroom_pipeline.automation.alerts import AlertWebhookResource
 from mushroom_pipeline.automation.jobs import environment_job, vision_job
 from mushroom_pipeline.environment.assets import ENV_READINGS_LEDGER
-from mushroom_pipeline.io.source import SourceLedger, rows_per_day
+from mushroom_pipeline.io.postgres import table_exists
+from mushroom_pipeline.io.source import SourceLedger
 from mushroom_pipeline.objectstore import ImageObject, ObjectStoreResource, parse_image_key
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
@@ -232,7 +233,7 @@ RESCAN_EVERY_S = 300  # each tick lists one day of the lookback in full, in turn
 def _last_known_keys(warehouse: PostgresResource, first: dt.date) -> dict[tuple[str, str], str]:
     """{(room, day): the greatest key of the day's manifest}: the listing's start-after."""
     with warehouse.begin() as conn:
-        if conn.exec_driver_sql("SELECT to_regclass('mushroom.image_manifest')").scalar() is None:
+        if not table_exists(conn, "mushroom.image_manifest"):
             return {}
         return {(room, day.isoformat()): key for room, day, key in conn.exec_driver_sql(
             "SELECT room, day, max(object_key) FROM mushroom.image_manifest WHERE day >= %s "
@@ -246,7 +247,7 @@ def _handled_images(warehouse: PostgresResource, model: str, keys: list[str]) ->
     handled: set[tuple[str, str]] = set()
     with warehouse.begin() as conn:
         for table in ("mushroom.image_embeddings", "mushroom.image_failures"):
-            if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is not None:
+            if table_exists(conn, table):
                 handled.update(conn.exec_driver_sql(
                     f"SELECT object_key, etag FROM {table} WHERE model = %s AND object_key = ANY(%s)",
                     (model, keys),

@@ -22,6 +22,7 @@ from mushroom_pipeline.io.postgres import (
     replace_table_slice,
     source_table,
     staging_table,
+    table_exists,
 )
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import UnavailableError
@@ -65,7 +66,7 @@ def rows_per_day(
 ) -> dict[str, int]:
     """{local day: `count`} of `table` in [start, end); empty when the table does not exist."""
     with database.begin() as conn:
-        if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
+        if not table_exists(conn, table):
             return {}
         rows = conn.exec_driver_sql(
             f"SELECT {time_column}::date, {count} FROM {table} "
@@ -93,7 +94,7 @@ class SourceLedger:
     def latest(self, source: PostgresResource) -> str | None:
         """The source's newest time (ISO), for the UI: when did the source last change."""
         with source.begin() as conn:
-            if conn.exec_driver_sql("SELECT to_regclass(%s)", (self.source_table,)).scalar() is None:
+            if not table_exists(conn, self.source_table):
                 return None
             latest = conn.exec_driver_sql(
                 f"SELECT max({self.time_column}) FROM {self.source_table}").scalar()
@@ -171,7 +172,7 @@ def quarantined_source(
     quarantine = time_slice(ledger.quarantine, time_column, window)
     in_window = window_predicate(time_column, window)
     with source.begin() as conn:
-        if conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is None:
+        if not table_exists(conn, table):
             raise UnavailableError(
                 f"The source database has no table {table} (configured by "
                 f"{source.url_variable}); see ../shared/CONTRACTS.md for its columns."
