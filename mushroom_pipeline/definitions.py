@@ -124,6 +124,8 @@ def model_resources() -> dict[str, object]:
             device=device,
             batch_size=_positive_int("MUSHROOM_CLIP_BATCH_SIZE", 20),
             decode_threads=_positive_int("MUSHROOM_CLIP_DECODE_THREADS", 4),
+            max_image_mb=_positive_int("MUSHROOM_MAX_IMAGE_MB", 50),
+            prefetch_mb=_positive_int("MUSHROOM_PREFETCH_MB", 256),
         ),
         "describer": DescriberResource(
             model=os.environ.get("MUSHROOM_DESCRIBER_MODEL", "").strip() or None, device=device

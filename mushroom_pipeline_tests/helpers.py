@@ -1,6 +1,7 @@
 """Shared test helpers: source rows in, Dagster runs, tables out."""
 
 import socket
+import time
 
 import dagster as dg
 import pandas as pd
@@ -80,3 +81,16 @@ def launch_as_sensor(instance: dg.DagsterInstance, sensor_name: str, request: dg
         partition_key=request.partition_key, instance=instance, raise_on_error=False,
         tags={**request.tags, "dagster/sensor_name": sensor_name, "dagster/run_key": request.run_key},
     )
+
+
+def sleeping_writers(warehouse) -> int:
+    return int(query(warehouse, "SELECT count(*) AS n FROM pg_stat_activity "
+                                "WHERE wait_event = 'PgSleep'")["n"][0])
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)

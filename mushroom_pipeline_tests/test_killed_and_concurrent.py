@@ -16,7 +16,7 @@ import pytest
 from mushroom_pipeline.definitions import database_resources
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 
-from .helpers import insert_readings, query
+from .helpers import insert_readings, query, sleeping_writers, wait_until
 
 DAY = "2026-01-13"
 ASSETS = [env_readings, env_daily_stats]
@@ -42,19 +42,6 @@ def snapshot(warehouse, table: str) -> pd.DataFrame:
 def staging_tables(warehouse) -> list[str]:
     return query(warehouse, "SELECT tablename FROM pg_tables WHERE schemaname = 'mushroom_staging'"
                  )["tablename"].tolist()
-
-
-def sleeping_writers(warehouse) -> int:
-    return int(query(warehouse, "SELECT count(*) AS n FROM pg_stat_activity "
-                                "WHERE wait_event = 'PgSleep'")["n"][0])
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("table", ["env_readings", "env_daily_stats"],

@@ -6,10 +6,15 @@ import datetime as dt
 import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import threading
+import time
+import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import numpy as np
@@ -28,12 +33,20 @@ from mushroom_pipeline.environment.assets import env_readings
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.setpoints.assets import setpoint_snapshots
 from mushroom_pipeline.vision.describer import DescriberResource
-from mushroom_pipeline.vision.embeddings import image_embeddings
+from mushroom_pipeline.vision.decode import ImageRejected, decode_image
+from mushroom_pipeline.vision.embeddings import image_embeddings, prefetched
 from mushroom_pipeline.vision.encoder import ClipEncoderResource
 from mushroom_pipeline.vision.manifest import image_manifest
 from mushroom_pipeline.vision.search import nearest, stored_vector
 
-from .helpers import insert_readings, insert_setpoints, query, sensor_tick
+from .helpers import (
+    insert_readings,
+    insert_setpoints,
+    query,
+    sensor_tick,
+    sleeping_writers,
+    wait_until,
+)
 
 DAY = "2025-12-24"
 TINY = {
@@ -74,12 +87,12 @@ def key(room: str, name: str, day: str = DAY, ext: str = "jpg") -> str:
     return f"{room}/{day.replace('-', '')}/{name}_{day.replace('-', '')}120000.{ext}"
 
 
-def resources(home, config, checkpoint, describer=None) -> dict:
+def resources(home, config, checkpoint, describer=None, **encoder) -> dict:
     return {
         **database_resources(),
         "object_store": ObjectStoreResource(home=str(home)),
         "clip_encoder": ClipEncoderResource(architecture=str(config), pretrained=str(checkpoint),
-                                            device="cpu", batch_size=3, decode_threads=2),
+                                            device="cpu", **{"batch_size": 3, "decode_threads": 2, **encoder}),
         "describer": DescriberResource(model=describer, device="cpu"),
     }
 
@@ -537,3 +550,137 @@ def test_a_model_of_another_dimension_fails_clearly(warehouse, tmp_path, tiny_cl
                             raise_on_error=False)
     assert not result.success
     assert "vector(16)" in str(result.all_events) and "vector(24)" in str(result.all_events)
+
+
+KILLED_EMBEDDING = """
+import sys
+import dagster as dg
+from mushroom_pipeline_tests.test_vision import DAY, image_embeddings, resources
+home, config, checkpoint = sys.argv[1:4]
+dg.materialize([image_embeddings], partition_key=DAY,
+               resources=resources(home, config, checkpoint, batch_size=2, chunk_images=4))
+"""
+
+
+def test_a_run_killed_mid_day_keeps_its_vectors_and_the_retry_embeds_only_the_rest(
+        warehouse, tmp_path, tiny_clip):
+    config, (checkpoint, _) = tiny_clip
+    res = resources(tmp_path, config, checkpoint, batch_size=2, chunk_images=4)
+    run(res, "2025-12-20")  # a day without images: the tables exist, the trigger can go on them
+    store = res["object_store"].store()
+    images = {key("607", f"cam{n:02d}"): photo(n) for n in range(20)}
+    for k, data in images.items():
+        store.put(k, data)
+    run(res, assets=(image_manifest,))
+    # The third chunk's commit stalls: that is when the process is killed (kill -9).
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION mushroom.stall() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF (SELECT count(*) FROM mushroom.image_embeddings_pending) >= 8 THEN "
+            "PERFORM pg_sleep(60); END IF; RETURN NULL; END $$; "
+            "CREATE TRIGGER stall BEFORE INSERT ON mushroom.image_embeddings_pending "
+            "FOR EACH STATEMENT EXECUTE FUNCTION mushroom.stall()")
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_EMBEDDING, str(tmp_path), str(config), str(checkpoint)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: sleeping_writers(warehouse) > 0, 120, "the third chunk's commit")
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER stall ON mushroom.image_embeddings_pending")
+    pending = query(warehouse, "SELECT object_key FROM mushroom.image_embeddings_pending")
+    assert len(pending) == 8  # two chunks committed before the kill
+    assert query(warehouse, "SELECT count(*) AS n FROM mushroom.image_embeddings "
+                            "WHERE day = %(d)s", d=DAY)["n"][0] == 0  # the day not swapped in
+
+    meta = materialized(run(res, assets=(image_embeddings,)))
+    assert (meta["resumed_from_earlier_attempt"], meta["embedded"]) == (8, 12)
+    rows = stored(warehouse)
+    assert sorted(rows.index) == sorted(images)
+    expected = direct_forward(checkpoint, [Image.open(io.BytesIO(images[k])).convert("RGB")
+                                           for k in rows.index])
+    np.testing.assert_allclose(np.stack(rows["v"]), expected, atol=1e-5)  # resumed ones too
+    assert query(warehouse, "SELECT count(*) AS n FROM mushroom.image_embeddings_pending")["n"][0] == 0
+    # the killed run's failures staging table went with the next staging
+    assert query(warehouse, "SELECT count(*) AS n FROM pg_tables "
+                            "WHERE schemaname = 'mushroom_staging'")["n"][0] == 0
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_limits_apply_before_the_work(warehouse, tmp_path, tiny_clip):
+    config, (checkpoint, _) = tiny_clip
+    res = resources(tmp_path, config, checkpoint, max_image_mb=1)
+    store = res["object_store"].store()
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (800, 1000, 3), dtype=np.uint8))
+    big = _encoded(noise, "PNG")
+    assert len(big) > 2**20  # a real PNG the decoder would read: rejected by its size alone
+    small = Image.fromarray(np.full((40, 48, 3), 120, np.uint8))
+    store.put(key("607", "big", ext="png"), big)
+    store.put(key("607", "gif"), _encoded(small, "GIF"))  # named .jpg, as a reconfigured camera
+    store.put(key("607", "webp"), _encoded(small, "WEBP"))
+    store.put(key("607", "ok"), photo(1))
+
+    meta = materialized(run(res))
+    failures = query(warehouse, "SELECT object_key, reason, detail FROM mushroom.image_failures"
+                     ).set_index("object_key")
+    assert failures["reason"].to_dict() == {
+        key("607", "big", ext="png"): "too_large",
+        key("607", "gif"): "unsupported_format",
+        key("607", "webp"): "unsupported_format",
+    }
+    assert f"{len(big):,} bytes" in failures.loc[key("607", "big", ext="png"), "detail"]
+    assert "MUSHROOM_MAX_IMAGE_MB" in failures.loc[key("607", "big", ext="png"), "detail"]
+    assert failures.loc[key("607", "webp"), "detail"].startswith("WebP")
+    assert (meta["embedded"], meta["failed"]) == (1, 3)
+
+
+def test_prefetching_stays_within_its_byte_budget():
+    sizes = [30, 30, 30, 100, 10, 10, 10, 10, 50, 5, 20, 20]
+    lock, started, consumed, peaks = threading.Lock(), set(), set(), []
+
+    def prepare(i):
+        with lock:
+            started.add(i)
+            held = started - consumed
+            peaks.append((sum(sizes[j] for j in held), len(held)))
+        time.sleep(0.01)
+        return i * i
+
+    results = []
+    for item, value in prefetched(range(len(sizes)), prepare, threads=4, ahead=8, max_bytes=60,
+                                  size=sizes.__getitem__):
+        results.append((item, value))
+        with lock:
+            consumed.add(item)
+    assert results == [(i, i * i) for i in range(len(sizes))]
+    over = [(held, n) for held, n in peaks if held > 60]
+    assert over == [(100, 1)]  # only the item larger than the budget, alone
+    assert max(n for _, n in peaks) >= 3  # it does fetch ahead
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, on the bomb
+def test_decoding_in_threads_leaves_the_warning_filters_alone():
+    bomb = bytearray(photo(2, fmt="PNG"))  # 10000 × 10000: over Pillow's limit, under twice it
+    ihdr = bomb.index(b"IHDR")
+    bomb[ihdr + 4:ihdr + 12] = struct.pack(">II", 10000, 10000)
+    bomb[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(bomb[ihdr:ihdr + 17])))
+    good = photo(3)
+
+    def reason(data: bytes) -> str:
+        try:
+            return f"ok {decode_image(data, 32).width}"
+        except ImageRejected as rejected:
+            return rejected.reason
+
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(reason, [bytes(bomb), good] * 100))
+    assert results == ["too_large", "ok 48"] * 100
+    assert warnings.filters == before

@@ -1,18 +1,26 @@
 """Camera bytes → an upright RGB image, or a named reason why not.
 
 Handled rather than failed: EXIF orientation, CMYK, grayscale, palette, alpha, 16-bit.
-Rejected with a reason: empty files, bytes that are no image, truncated files, images over the
+Rejected with a reason: empty files, bytes that are no image, images in another format than
+JPEG or PNG (only those two decoders ever see camera bytes), truncated files, images over the
 pixel limit (decompression bombs; real camera frames are far below it).
+
+Safe in decode threads: no process-wide state is touched (no `warnings.catch_warnings()`, which
+is not thread-safe; the pixel limit is checked on the header before any pixel is decoded).
 """
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_PIXELS = 100_000_000
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own bomb threshold (about 89 M pixels)
+DECODED_FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+# Recognised but not decoded: named in the failure row, so a camera switched to another format
+# is told apart from garbage.
+OTHER_FORMATS = {b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+                 b"\x00\x00\x00\x0cjP  ": "JPEG 2000", b"\xff\x4f\xff\x51": "JPEG 2000"}
 
 
 class ImageRejected(Exception):
@@ -23,7 +31,7 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, upright
+    image: Image.Image | None  # RGB, upright; None once only the tensor is still needed
     source_mode: str
     width: int
     height: int
@@ -47,28 +55,43 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, min_side: int) -> DecodedImage:
-    """`min_side`: the model's input size; a JPEG is decoded at reduced scale down to twice it."""
+def image_format(data: bytes) -> str:
+    """'JPEG' or 'PNG' by the file's signature, else an ImageRejected naming what it is."""
     if not data:
         raise ImageRejected("empty", "zero-byte object")
+    for signature, name in DECODED_FORMATS.items():
+        if data.startswith(signature):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        other = "WebP"
+    elif data[4:8] == b"ftyp":
+        other = f"ISO media ({data[8:12].decode('ascii', 'replace').strip()})"  # HEIC, AVIF
+    else:
+        other = next((name for signature, name in OTHER_FORMATS.items() if data.startswith(signature)), None)
+    if other:
+        raise ImageRejected("unsupported_format", f"{other}: only JPEG and PNG are decoded")
+    raise ImageRejected("not_an_image", f"neither JPEG nor PNG (starts with {data[:8]!r})")
+
+
+def decode_image(data: bytes, min_side: int) -> DecodedImage:
+    """`min_side`: the model's input size; a JPEG is decoded at reduced scale down to twice it."""
+    fmt = image_format(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageRejected("too_large", f"{width}x{height} is over {MAX_PIXELS:,} pixels")
-            source_mode = image.mode
-            if image.format == "JPEG":
-                image.draft(image.mode, (2 * min_side, 2 * min_side))
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return DecodedImage(_to_rgb(image), source_mode, width, height)
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageRejected("too_large", f"{width}x{height} is over {MAX_PIXELS:,} pixels")
+        source_mode = image.mode
+        if image.format == "JPEG":
+            image.draft(image.mode, (2 * min_side, 2 * min_side))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return DecodedImage(_to_rgb(image), source_mode, width, height)
     except ImageRejected:
         raise
     except UnidentifiedImageError as err:
-        raise ImageRejected("not_an_image", str(err)) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageRejected("corrupt", f"{fmt} signature, unreadable header: {err}") from None
+    except Image.DecompressionBombError as err:
         raise ImageRejected("too_large", str(err)) from None
     except OSError as err:  # "image file is truncated", broken data streams
         reason = "truncated" if "truncated" in str(err) else "corrupt"

@@ -2,19 +2,25 @@
 vector in mushroom.image_embeddings. Images that cannot be read go to mushroom.image_failures.
 
 Incremental: an image already embedded with the same etag by the same model is carried over,
-not embedded again; rows of other models are carried over untouched. The output is the day's
-complete table slice, which the I/O manager swaps in one transaction.
+not embedded again; rows of other models are carried over untouched.
+
+Streamed, so memory does not grow with the day: the images still to embed are read from the
+manifest a page at a time, fetched ahead within a byte budget, and every chunk of vectors is
+committed to mushroom.image_embeddings_pending as soon as it is computed. A run that dies after
+hours keeps that work: its retry embeds only the rest. At the end one transaction swaps the day
+into mushroom.image_embeddings (and the day's failures into mushroom.image_failures) and empties
+the pending rows, so readers see the day before or after, never half of it.
 """
 
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 
 from mushroom_pipeline.batches.assets import room_batches
@@ -23,23 +29,29 @@ from mushroom_pipeline.checks.vision import check_failure_rate, failure_rate_spe
 from mushroom_pipeline.environment.assets import env_readings
 from mushroom_pipeline.io.postgres import (
     INDEXES_METADATA,
+    PostgresClient,
     column_schema,
     column_types,
+    copy_frame,
+    copy_frame_binary,
+    ensure_table,
+    ensure_vector_extension,
     markdown_preview,
-    read_frame,
-    replace_table_slice,
+    quote_ident,
+    staging_table,
     table_column_types,
-    select_statement,
+    where_clause,
 )
 from mushroom_pipeline.io.source import time_slice
 from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStoreResource
-from mushroom_pipeline.partitions import daily_partitions
+from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import CLIP_POOL, TRANSIENT_RETRY, UnavailableError
 from mushroom_pipeline.vision.context import environment_context
-from mushroom_pipeline.vision.decode import ImageRejected, decode_image
+from mushroom_pipeline.vision.decode import DecodedImage, ImageRejected, decode_image
 from mushroom_pipeline.vision.describer import Describer, DescriberResource
 from mushroom_pipeline.vision.encoder import ClipEncoder, ClipEncoderResource
+from mushroom_pipeline.vision.manifest import image_manifest
 
 IMAGE_WEIGHT, TEXT_WEIGHT = 0.7, 0.3  # the old system's fusion
 
@@ -77,41 +89,79 @@ FAILURES_SCHEMA = column_schema(
     ("etag", "text"),
     ("model", "text"),
     ("captured_at", "timestamptz"),
-    ("reason", "text", "empty, not_an_image, truncated, corrupt, too_large, missing"),
+    ("reason", "text",
+     "empty, not_an_image, unsupported_format, truncated, corrupt, too_large, missing"),
     ("detail", "text"),
     ("failed_at", "timestamptz"),
 )
 
 
-def prefetched(items: Iterable, prepare: Callable, threads: int, ahead: int) -> Iterator[tuple]:
-    """(item, prepare(item)) in order, with up to `ahead` items fetched and decoded in advance by
-    `threads` threads, so the model's forward pass does not wait on the object store."""
+EMBEDDINGS_TABLE = "mushroom.image_embeddings"
+MANIFEST_TABLE = "mushroom.image_manifest"
+# Vectors computed but not yet swapped into the day: what a crashed run leaves for its retry.
+PENDING_TABLE = "image_embeddings_pending"
+EMBEDDED_COLUMNS = ["day", "room", "object_key", "etag", "captured_at", "embedding", "description",
+                    "width", "height", "source_mode"]
+FAILURE_COLUMNS = ["day", "room", "object_key", "etag", "captured_at", "reason", "detail"]
+
+# The window's images still to embed by the model, a keyset page at a time: neither in the table
+# with the same etag, nor computed by an earlier attempt (pending).
+TO_EMBED_SQL = """
+SELECT day, room, object_key, etag, size, captured_at FROM {manifest} m
+WHERE {window} AND missing_since IS NULL AND object_key > %(after)s
+  AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.object_key = m.object_key
+                  AND e.model = %(model)s AND e.etag IS NOT DISTINCT FROM m.etag)
+  AND NOT EXISTS (SELECT 1 FROM {pending} p WHERE p.object_key = m.object_key
+                  AND p.model = %(model)s AND p.etag IS NOT DISTINCT FROM m.etag)
+ORDER BY object_key LIMIT %(page)s
+"""
+
+# The swap, in one transaction. The model's rows of the window stay when the manifest lists
+# their image with the same etag, or keeps it as gone from the store (marked as the manifest
+# marks it); the others go, replaced by the pending vectors of the listed images.
+DROP_REPLACED_SQL = """
+DELETE FROM {table} e WHERE {window} AND model = %(model)s AND NOT EXISTS (
+    SELECT 1 FROM {manifest} m WHERE m.object_key = e.object_key
+    AND (m.missing_since IS NOT NULL OR m.etag IS NOT DISTINCT FROM e.etag))
+"""
+MARK_MISSING_SQL = """
+UPDATE {table} e SET missing_since = m.missing_since
+FROM (SELECT object_key, missing_since FROM {manifest} WHERE {window}) m
+WHERE e.object_key = m.object_key AND e.model = %(model)s
+  AND e.missing_since IS DISTINCT FROM m.missing_since
+"""
+INSERT_PENDING_SQL = """
+INSERT INTO {table} ({columns})
+SELECT {p_columns} FROM (SELECT * FROM {pending} WHERE {window} AND model = %(model)s) p
+JOIN {manifest} m ON m.object_key = p.object_key AND m.etag IS NOT DISTINCT FROM p.etag
+                 AND m.missing_since IS NULL
+ON CONFLICT (object_key, model) DO NOTHING
+"""
+
+
+def prefetched(items: Iterable, prepare: Callable, threads: int, ahead: int,
+               max_bytes: int, size: Callable) -> Iterator[tuple]:
+    """(item, prepare(item)) in order, with up to `ahead` items, and `max_bytes` by `size(item)`,
+    fetched and decoded in advance by `threads` threads, so the model's forward pass does not
+    wait on the object store. An item over the budget alone goes through alone."""
     items = iter(items)
+    end = object()
+    waiting = next(items, end)
+    pending: deque = deque()
+    in_flight = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="image-prefetch") as pool:
-        pending = deque((item, pool.submit(prepare, item)) for item in islice(items, ahead))
-        while pending:
+        while True:
+            while waiting is not end and len(pending) < ahead and (
+                not pending or in_flight + size(waiting) <= max_bytes
+            ):
+                pending.append((waiting, pool.submit(prepare, waiting)))
+                in_flight += size(waiting)
+                waiting = next(items, end)
+            if not pending:
+                return
             item, future = pending.popleft()
-            for following in islice(items, 1):
-                pending.append((following, pool.submit(prepare, following)))
+            in_flight -= size(item)
             yield item, future.result()
-
-
-def _existing_rows(warehouse: PostgresResource, window: dg.TimeWindow, dim: int) -> pd.DataFrame:
-    table_slice = time_slice("image_embeddings", "day", window)
-    table = "mushroom.image_embeddings"
-    with warehouse.begin() as conn:
-        types = table_column_types(conn, table)
-        if not types:
-            return pd.DataFrame(columns=list(column_types(EMBEDDINGS_SCHEMA)))
-        if types.get("embedding") != f"vector({dim})":
-            raise UnavailableError(
-                f"{table}.embedding is {types.get('embedding')}, the configured model gives "
-                f"vector({dim}). One table holds one dimension: rename or drop the old table to "
-                "embed with this model, or set MUSHROOM_CLIP_MODEL back."
-            )
-        rows = read_frame(conn, select_statement(table_slice, types), types)
-    # A table from an earlier version lacks the columns added since: NULL, as ALTER TABLE gives.
-    return rows.reindex(columns=list(column_types(EMBEDDINGS_SCHEMA)))
 
 
 def _normalized(vectors: np.ndarray) -> np.ndarray:
@@ -119,26 +169,37 @@ def _normalized(vectors: np.ndarray) -> np.ndarray:
 
 
 class ImageEmbedder:
-    """Fetch and decode (threads) → batched forward pass → rows and failure rows."""
+    """Fetch and decode (threads) → batched forward pass → chunks of rows and failure rows,
+    handed to `write` as they fill."""
 
     def __init__(self, store, encoder: ClipEncoder, describer: Describer | None,
-                 batch_size: int, threads: int, log):
-        self.store, self.encoder, self.describer = store, encoder, describer
-        self.batch_size, self.threads, self.log = batch_size, threads, log
-        self.rows: list[dict] = []
-        self.failures: list[dict] = []
+                 settings: ClipEncoderResource, log):
+        self.store, self.encoder, self.describer, self.log = store, encoder, describer, log
+        self.batch_size, self.threads = settings.batch_size, settings.decode_threads
+        self.max_image_bytes = settings.max_image_mb * 2**20
+        self.prefetch_bytes = settings.prefetch_mb * 2**20
+        self.chunk_images = settings.chunk_images
         self.forward_s = 0.0
 
+    def _fetched_bytes(self, image) -> int:
+        return 0 if image.size > self.max_image_bytes else image.size
+
     def _prepare(self, image):
+        if image.size > self.max_image_bytes:
+            return ImageRejected("too_large", f"{image.size:,} bytes, over the "
+                                 f"{self.max_image_bytes // 2**20} MB limit (MUSHROOM_MAX_IMAGE_MB)")
         try:
             decoded = decode_image(self.store.get(image.object_key), self.encoder.image_size)
-            return decoded, self.encoder.preprocess(decoded.image)
+            tensor = self.encoder.preprocess(decoded.image)
         except ObjectMissingError:
             return ImageRejected("missing", "listed in the manifest, gone from the object store")
         except ImageRejected as rejected:
             return rejected
+        # The picture is kept only for the describer; the forward pass needs the tensor alone.
+        return (decoded if self.describer else
+                DecodedImage(None, decoded.source_mode, decoded.width, decoded.height)), tensor
 
-    def _flush(self, batch: list) -> None:
+    def _forward(self, batch: list) -> list[dict]:
         import torch
 
         started = time.perf_counter()
@@ -148,22 +209,23 @@ class ImageEmbedder:
             if self.describer else [None] * len(batch)
         )
         self.forward_s += time.perf_counter() - started
-        for (image, decoded, _), vector, description in zip(batch, vectors, descriptions):
-            self.rows.append({
-                "day": image.day, "room": image.room, "object_key": image.object_key,
-                "etag": image.etag, "captured_at": image.captured_at, "embedding": vector,
-                "description": description, "width": decoded.width, "height": decoded.height,
-                "source_mode": decoded.source_mode,
-            })
+        return [{
+            "day": image.day, "room": image.room, "object_key": image.object_key,
+            "etag": image.etag, "captured_at": image.captured_at, "embedding": vector,
+            "description": description, "width": decoded.width, "height": decoded.height,
+            "source_mode": decoded.source_mode,
+        } for (image, decoded, _), vector, description in zip(batch, vectors, descriptions)]
 
-    def run(self, images: pd.DataFrame) -> None:
-        batch, started = [], time.perf_counter()
+    def run(self, images: Iterable, total: int, write: Callable[[list[dict], list[dict]], None]
+            ) -> None:
+        batch, rows, failures, started = [], [], [], time.perf_counter()
         ahead = self.batch_size + 2 * self.threads
-        for done, (image, prepared) in enumerate(
-            prefetched(images.itertuples(index=False), self._prepare, self.threads, ahead), 1
-        ):
+        done = 0
+        for done, (image, prepared) in enumerate(prefetched(
+            images, self._prepare, self.threads, ahead, self.prefetch_bytes, self._fetched_bytes
+        ), 1):
             if isinstance(prepared, ImageRejected):
-                self.failures.append({
+                failures.append({
                     "day": image.day, "room": image.room, "object_key": image.object_key,
                     "etag": image.etag, "captured_at": image.captured_at,
                     "reason": prepared.reason, "detail": prepared.detail[:500],
@@ -172,13 +234,17 @@ class ImageEmbedder:
             else:
                 batch.append((image, *prepared))
             if len(batch) == self.batch_size:
-                self._flush(batch)
+                rows += self._forward(batch)
                 batch = []
-            if done % (10 * self.batch_size) == 0:
+            if len(rows) + len(failures) >= self.chunk_images:
+                write(rows, failures)
+                rows, failures = [], []
                 rate = done / (time.perf_counter() - started)
-                self.log.info(f"{done}/{len(images)} images read ({rate:.1f}/s)")
+                self.log.info(f"{done}/{total} images embedded and committed ({rate:.1f}/s)")
         if batch:
-            self._flush(batch)
+            rows += self._forward(batch)
+        if rows or failures:
+            write(rows, failures)
 
 
 def fuse(encoder: ClipEncoder, image_vectors: np.ndarray, texts: list[str], batch_size: int
@@ -189,8 +255,64 @@ def fuse(encoder: ClipEncoder, image_vectors: np.ndarray, texts: list[str], batc
     return _normalized(IMAGE_WEIGHT * image_vectors + TEXT_WEIGHT * text_vectors).astype(np.float32)
 
 
-def _by_day(frame: pd.DataFrame) -> dict[str, int]:
-    return {str(day): int(n) for day, n in frame.groupby("day").size().items()}
+def _slice(table: str, window: dg.TimeWindow) -> TableSlice:
+    return time_slice(table, "day", window)
+
+
+def _prepare_tables(warehouse: PostgresResource, window: dg.TimeWindow, dim: int) -> None:
+    """The embeddings table (with the model's dimension), its pending table and the failures
+    table exist; a table of another dimension stops the run before any work."""
+    types = {**column_types(EMBEDDINGS_SCHEMA), "embedding": f"vector({dim})",
+             "fused_embedding": f"vector({dim})"}
+    client = PostgresClient(warehouse)
+    for table_slice, table_types, indexes in (
+        (_slice("image_embeddings", window), types, EMBEDDING_INDEXES),
+        # `vector` without a dimension: pending rows of any model
+        (_slice(PENDING_TABLE, window), column_types(EMBEDDINGS_SCHEMA),
+         ["CREATE UNIQUE INDEX ON {table} (object_key, model, etag)"]),
+        (_slice(FAILURES_TABLE, window), column_types(FAILURES_SCHEMA), ()),
+    ):
+        with client.connect(None, table_slice) as conn:
+            client.ensure_schema_exists(None, table_slice, conn)
+            if any(t.startswith("vector") for t in table_types.values()):
+                ensure_vector_extension(conn)
+            ensure_table(conn, table_slice, table_types, indexes)
+    with warehouse.begin() as conn:
+        stored = table_column_types(conn, EMBEDDINGS_TABLE)["embedding"]
+    if stored != types["embedding"]:
+        raise UnavailableError(
+            f"{EMBEDDINGS_TABLE}.embedding is {stored}, the configured model gives vector({dim}). "
+            "One table holds one dimension: rename or drop the old table to embed with this "
+            "model, or set MUSHROOM_CLIP_MODEL back."
+        )
+
+
+def _sql(template: str, window: dg.TimeWindow, **names) -> str:
+    """A statement's text: table names and the window's predicate (DATE literals of the
+    partition); every value in it travels as a bound parameter."""
+    clause, _ = where_clause(_slice("image_embeddings", window), {"day": "date"})
+    return template.format(
+        window=clause, table=EMBEDDINGS_TABLE, manifest=MANIFEST_TABLE,
+        pending=f"mushroom.{PENDING_TABLE}", **names,
+    )
+
+
+def images_to_embed(warehouse: PostgresResource, window: dg.TimeWindow, model: str, page: int
+                    ) -> Iterator[sa.Row]:
+    """The manifest rows still to embed, read lazily a page at a time (short transactions)."""
+    after = ""
+    while True:
+        with warehouse.begin() as conn:
+            rows = conn.exec_driver_sql(_sql(TO_EMBED_SQL, window),
+                                        {"after": after, "model": model, "page": page}).all()
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1].object_key
+
+
+def _count(conn, template: str, window: dg.TimeWindow, **params) -> int:
+    return conn.exec_driver_sql(_sql(template, window), params).scalar()
 
 
 @dg.asset(
@@ -200,8 +322,8 @@ def _by_day(frame: pd.DataFrame) -> dict[str, int]:
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    ins={"image_manifest": dg.AssetIn()},
-    deps=[env_readings, room_batches],  # read by the context sentences
+    # read in SQL a page at a time, never loaded whole
+    deps=[image_manifest, env_readings, room_batches],
     metadata={
         "partition_expr": "day",
         "dagster/column_schema": EMBEDDINGS_SCHEMA,
@@ -221,7 +343,6 @@ def _by_day(frame: pd.DataFrame) -> dict[str, int]:
 )
 def image_embeddings(
     context: dg.AssetExecutionContext,
-    image_manifest: pd.DataFrame,
     clip_encoder: ClipEncoderResource,
     describer: DescriberResource,
     object_store: ObjectStoreResource,
@@ -235,91 +356,137 @@ def image_embeddings(
             "asks. The vectors are stable but carry no meaning: do not search them."
         )
     describe = describer.describer()
-    window = context.partition_time_window
-    existing = _existing_rows(warehouse, window, encoder.dim)
-    missing = image_manifest.reindex(columns=["missing_since"])["missing_since"].notna()
-    present = image_manifest[~missing]
-    listed = set(zip(present["object_key"], present["etag"]))
-    current = existing["model"] == encoder.model_id
-    unchanged = current & pd.Series(
-        [key in listed for key in zip(existing["object_key"], existing["etag"])], index=existing.index, dtype=bool
-    )
-    # An image gone from the store keeps its vector, marked as the manifest marks it.
-    missing_since = dict(zip(image_manifest.loc[missing, "object_key"],
-                             image_manifest.loc[missing, "missing_since"]))
-    gone = current & existing["object_key"].isin(missing_since)
-    kept_gone = existing[gone].assign(missing_since=existing.loc[gone, "object_key"].map(missing_since))
-    done = set(zip(existing.loc[unchanged, "object_key"], existing.loc[unchanged, "etag"]))
-    todo = present[[key not in done for key in zip(present["object_key"], present["etag"])]]
+    model, window = encoder.model_id, context.partition_time_window
+    _prepare_tables(warehouse, window, encoder.dim)
+    pending = f"mushroom.{PENDING_TABLE}"
+    with warehouse.begin() as conn:
+        total = _count(conn, "SELECT count(*) FROM {manifest} WHERE {window} AND missing_since IS NULL",
+                       window)
+        resumed = _count(conn, "SELECT count(*) FROM {pending} WHERE {window} AND model = %(model)s",
+                         window, model=model)
+        todo = _count(conn, f"SELECT count(*) FROM ({TO_EMBED_SQL}) todo", window,
+                      model=model, after="", page=None)
     context.log.info(
-        f"{len(image_manifest)} images: {len(todo)} to embed with {encoder.model_id} on "
-        f"{encoder.device}, {int(unchanged.sum())} unchanged, {len(kept_gone)} gone from the "
-        "store (kept)"
+        f"{total} images in the store: {todo} to embed with {model} on {encoder.device}, "
+        f"{resumed} already computed by an earlier attempt, the rest unchanged"
     )
 
     started = time.perf_counter()
-    embedder = ImageEmbedder(object_store.store(), encoder, describe, clip_encoder.batch_size,
-                             clip_encoder.decode_threads, context.log)
-    embedder.run(todo)
-    embedded = pd.DataFrame(embedder.rows, columns=[
-        "day", "room", "object_key", "etag", "captured_at", "embedding", "description",
-        "width", "height", "source_mode",
-    ])
-    embedded["model"] = encoder.model_id
-    embedded["describer"] = describe.model_id if describe else None
-    embedded["context"] = environment_context(warehouse, embedded, farm_catalog.metrics())
-    texts = [c if d is None else f"{c} {d}" for c, d in zip(embedded["context"], embedded["description"])]
-    image_vectors = np.stack(embedded["embedding"]) if len(embedded) else np.zeros((0, encoder.dim))
-    embedded["fused_embedding"] = list(fuse(encoder, image_vectors, texts, clip_encoder.batch_size))
-    embedded["embedded_at"] = pd.Timestamp.now(tz="UTC")
-    embedded["missing_since"] = pd.Series(pd.NaT, index=embedded.index, dtype="datetime64[us, UTC]")
-    elapsed = time.perf_counter() - started
+    embedded = 0
+    metrics = farm_catalog.metrics()
+    embedded_types = column_types(EMBEDDINGS_SCHEMA)
+    with staging_table(warehouse, f"image_failures_{context.run_id}") as failures_table:
+        with warehouse.begin() as conn:
+            columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in column_types(FAILURES_SCHEMA).items())
+            conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {failures_table} ({columns})")
 
-    failures = pd.DataFrame(embedder.failures, columns=[
-        "day", "room", "object_key", "etag", "captured_at", "reason", "detail"])
-    failures["model"] = encoder.model_id
-    failures["failed_at"] = pd.Timestamp.now(tz="UTC")
-    failures_slice = TableSlice(
-        table=FAILURES_TABLE, schema="mushroom",
-        partition_dimensions=[TablePartitionDimension("day", window),
-                              TablePartitionDimension("model", [encoder.model_id])],
-    )
-    replace_table_slice(warehouse, failures_slice, failures[list(column_types(FAILURES_SCHEMA))],
-                        column_types(FAILURES_SCHEMA))
+        def write(rows: list[dict], failures: list[dict]) -> None:
+            """One chunk, committed: its vectors are kept whatever happens next."""
+            nonlocal embedded
+            chunk = pd.DataFrame(rows, columns=EMBEDDED_COLUMNS)
+            chunk["captured_at"] = pd.to_datetime(chunk["captured_at"], utc=True).dt.tz_convert(SETTINGS.tz)
+            chunk["model"] = model
+            chunk["describer"] = describe.model_id if describe else None
+            chunk["context"] = environment_context(warehouse, chunk, metrics)
+            texts = [c if d is None else f"{c} {d}" for c, d in zip(chunk["context"], chunk["description"])]
+            vectors = np.stack(chunk["embedding"]) if len(chunk) else np.zeros((0, encoder.dim))
+            chunk["fused_embedding"] = list(fuse(encoder, vectors, texts, clip_encoder.batch_size))
+            chunk["embedded_at"] = pd.Timestamp.now(tz="UTC")
+            chunk["missing_since"] = pd.Series(pd.NaT, index=chunk.index, dtype="datetime64[us, UTC]")
+            failed = pd.DataFrame(failures, columns=FAILURE_COLUMNS).assign(
+                model=model, failed_at=pd.Timestamp.now(tz="UTC"))
+            with warehouse.begin() as conn:
+                if len(chunk):
+                    # through a temporary table: a concurrent run of the same day may have
+                    # committed some of these images already
+                    conn.exec_driver_sql(f"CREATE TEMP TABLE chunk (LIKE {pending}) ON COMMIT DROP")
+                    copy_frame_binary(conn, "chunk", chunk, embedded_types)
+                    conn.exec_driver_sql(f"INSERT INTO {pending} SELECT * FROM chunk ON CONFLICT DO NOTHING")
+                if len(failed):
+                    copy_frame(conn, failures_table, failed, column_types(FAILURES_SCHEMA))
+            embedded += len(chunk)
 
-    columns = list(column_types(EMBEDDINGS_SCHEMA))
-    slice_rows = pd.concat(
-        [frame[columns] for frame in (existing[~current], existing[unchanged], kept_gone, embedded)
-         if len(frame)] or [embedded[columns]],
-        ignore_index=True,
-    )
-    reasons = Counter(failures["reason"])
+        embedder = ImageEmbedder(object_store.store(), encoder, describe, clip_encoder, context.log)
+        embedder.run(images_to_embed(warehouse, window, model, clip_encoder.chunk_images), todo, write)
+        elapsed = time.perf_counter() - started
+        outcome = _swap_in(warehouse, window, model, failures_table)
+
+    reasons = outcome.pop("failure_reasons")
+    new_rows = outcome.pop("new_rows")
+    check = check_failure_rate(outcome.pop("images_by_day"), outcome.pop("failures_by_day"))
     context.log.info(
-        f"embedded {len(embedded)} images in {elapsed:.1f} s ({len(embedded) / max(elapsed, 1e-9):.1f}/s), "
-        f"{len(failures)} failed {dict(reasons)}"
+        f"embedded {embedded} images in {elapsed:.1f} s ({embedded / max(elapsed, 1e-9):.1f}/s), "
+        f"{outcome['failed']} failed {reasons}"
     )
-    yield dg.Output(
-        slice_rows,
+    return dg.MaterializeResult(
         metadata={
-            "model": encoder.model_id,
+            "model": model,
             "weights": "RANDOM: untrained, vectors carry no meaning" if encoder.random_weights
             else "pretrained",
             "device": encoder.device,
             "dimension": encoder.dim,
             "describer": describe.model_id if describe else "off (MUSHROOM_DESCRIBER_MODEL unset)",
-            "images": len(image_manifest),
-            "embedded": len(embedded),
-            "skipped_unchanged": int(unchanged.sum()),
-            "kept_missing_from_store": len(kept_gone),
-            "failed": len(failures),
-            "failure_reasons": dg.MetadataValue.json(dict(reasons)),
-            "other_model_rows": int((~current).sum()),
-            "images_per_s": len(embedded) / elapsed if len(embedded) else 0.0,
-            "forward_share": embedder.forward_s / elapsed if len(embedded) else 0.0,
-            "new_rows": markdown_preview(embedded.drop(columns=["embedding", "fused_embedding"])),
+            "embedded": embedded,
+            "resumed_from_earlier_attempt": resumed,
+            **outcome,
+            "failure_reasons": dg.MetadataValue.json(reasons),
+            "images_per_s": embedded / elapsed if embedded else 0.0,
+            "forward_share": embedder.forward_s / elapsed if embedded else 0.0,
+            "new_rows": markdown_preview(new_rows),
         },
+        check_results=[check],
     )
-    yield check_failure_rate(
-        _by_day(image_manifest),
-        {day: dict(Counter(group["reason"])) for day, group in failures.groupby(failures["day"].astype(str))},
-    )
+
+
+def _swap_in(warehouse: PostgresResource, window: dg.TimeWindow, model: str, failures_table: str
+             ) -> dict:
+    """The day's swap, one transaction: carried-over rows kept, gone images marked, pending
+    vectors of listed images inserted, pending rows of the window emptied, the day's failures
+    replaced. Returns the counts and previews for the materialization."""
+    params = {"model": model}
+    columns = list(column_types(EMBEDDINGS_SCHEMA))
+    client = PostgresClient(warehouse)
+    with client.connect(None, _slice("image_embeddings", window)) as conn:
+        client.ensure_schema_exists(None, _slice("image_embeddings", window), conn)  # write lock
+        client.ensure_schema_exists(None, _slice(FAILURES_TABLE, window), conn)
+        conn.exec_driver_sql(_sql(DROP_REPLACED_SQL, window), params)
+        conn.exec_driver_sql(_sql(MARK_MISSING_SQL, window), params)
+        skipped = _count(conn, "SELECT count(*) FROM {table} WHERE {window} AND model = %(model)s "
+                               "AND missing_since IS NULL", window, **params)
+        inserted = conn.exec_driver_sql(_sql(
+            INSERT_PENDING_SQL, window, columns=", ".join(map(quote_ident, columns)),
+            p_columns=", ".join(f"p.{quote_ident(c)}" for c in columns),
+        ), params).rowcount
+        conn.exec_driver_sql(_sql("DELETE FROM {pending} WHERE {window} AND model = %(model)s", window), params)
+        conn.exec_driver_sql(
+            _sql(f"DELETE FROM mushroom.{FAILURES_TABLE} WHERE {{window}} AND model = %(model)s", window),
+            params)
+        failure_columns = ", ".join(map(quote_ident, column_types(FAILURES_SCHEMA)))
+        conn.exec_driver_sql(f"INSERT INTO mushroom.{FAILURES_TABLE} ({failure_columns}) "
+                             f"SELECT {failure_columns} FROM {failures_table}")
+        counts = dict(conn.exec_driver_sql(_sql(
+            "SELECT 'kept_missing_from_store', count(*) FILTER (WHERE model = %(model)s "
+            "AND missing_since IS NOT NULL) FROM {table} WHERE {window} UNION ALL "
+            "SELECT 'other_model_rows', count(*) FILTER (WHERE model <> %(model)s) FROM {table} "
+            "WHERE {window} UNION ALL SELECT 'dagster/row_count', count(*) FROM {table} WHERE {window}",
+            window), params).all())
+        images_by_day = {str(day): n for day, n in conn.exec_driver_sql(_sql(
+            "SELECT day, count(*) FROM {manifest} WHERE {window} GROUP BY day", window))}
+        failures_by_day: dict[str, dict[str, int]] = {}
+        for day, reason, n in conn.exec_driver_sql(
+            f"SELECT day, reason, count(*) FROM {failures_table} GROUP BY day, reason"
+        ):
+            failures_by_day.setdefault(str(day), {})[reason] = n
+        new_rows = pd.read_sql_query(sa.text(_sql(
+            "SELECT day, room, object_key, etag, captured_at, context, description, width, height, "
+            "source_mode FROM {table} WHERE {window} AND model = :model ORDER BY embedded_at DESC, "
+            "object_key LIMIT 10", window)), conn, params=params)
+    reasons: dict[str, int] = {}
+    for by_reason in failures_by_day.values():
+        for reason, n in by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    return {
+        **counts, "images": sum(images_by_day.values()), "skipped_unchanged": skipped,
+        "swapped_in": inserted, "failed": sum(reasons.values()), "failure_reasons": reasons,
+        "images_by_day": images_by_day, "failures_by_day": failures_by_day, "new_rows": new_rows,
+    }

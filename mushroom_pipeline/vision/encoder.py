@@ -150,6 +150,13 @@ class ClipEncoderResource(dg.ConfigurableResource):
     device: str = Field(default="auto", description="auto: cuda when present, else cpu")
     batch_size: int = Field(default=32, gt=0)
     decode_threads: int = Field(default=4, gt=0, description="threads fetching and decoding images")
+    max_image_mb: int = Field(
+        default=50, gt=0, description="larger objects are not fetched: recorded as too_large")
+    prefetch_mb: int = Field(
+        default=256, gt=0, description="bytes of images fetched ahead of the forward pass, at most")
+    chunk_images: int = Field(
+        default=512, gt=0, description="images per committed chunk: the memory bound of a day, "
+        "and the most work a crashed run loses")
 
     def resolved_device(self) -> str:
         if self.device != "auto":
