@@ -20,15 +20,14 @@ import os
 import sys
 import time
 
-from _common import RESOURCES, median_seconds, reset_source, timed_run
-
 import numpy as np
 import pandas as pd
+from _common import RESOURCES, median_seconds, reset_source, timed_run
 
 from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
-from mushroom_pipeline.io.postgres import copy_frame
 from mushroom_pipeline.settings import load_settings
+from mushroom_pipeline.warehouse.frames import copy_frame
 
 ASSETS = [env_readings, env_daily_stats]
 DAY = dt.date(2025, 6, 1)

@@ -13,14 +13,16 @@ import datetime as dt
 import os
 import sys
 
-from _common import RESOURCES, median_seconds, reset_source, timed_run
-
 import numpy as np
 import pandas as pd
+from _common import RESOURCES, median_seconds, reset_source, timed_run
 
 from mushroom_pipeline.demo.farm import SETPOINT_DDL, SETPOINT_TYPES
-from mushroom_pipeline.io.postgres import copy_frame
-from mushroom_pipeline.setpoints.assets import setpoint_change_events, setpoint_snapshots
+from mushroom_pipeline.setpoints.assets import (
+    setpoint_change_events,
+    setpoint_snapshots,
+)
+from mushroom_pipeline.warehouse.frames import copy_frame
 
 DAY = dt.date(2025, 6, 1)
 ASSETS = [setpoint_snapshots, setpoint_change_events]

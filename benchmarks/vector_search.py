@@ -17,15 +17,14 @@ import argparse
 import sys
 import time
 
-from _common import RESOURCES
-
 import numpy as np
 import pandas as pd
+from _common import RESOURCES
 from dagster._core.storage.db_io_manager import TableSlice
 
-from mushroom_pipeline.io.postgres import replace_table_slice
 from mushroom_pipeline.vision.embeddings import EMBEDDING_INDEXES
 from mushroom_pipeline.vision.search import nearest, vector_literal
+from mushroom_pipeline.warehouse.io_manager import replace_table_slice
 
 MODEL = "bench/clustered"
 

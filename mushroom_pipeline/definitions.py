@@ -36,7 +36,6 @@ from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.insights.compliance import setpoint_compliance
 from mushroom_pipeline.insights.responses import change_responses
-from mushroom_pipeline.io.postgres import PostgresPandasIOManager
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.partitions import SETTINGS
 from mushroom_pipeline.resources import PostgresResource
@@ -52,6 +51,7 @@ from mushroom_pipeline.vision.describer import DescriberResource
 from mushroom_pipeline.vision.embeddings import image_embeddings
 from mushroom_pipeline.vision.encoder import ClipEncoderResource
 from mushroom_pipeline.vision.manifest import image_manifest
+from mushroom_pipeline.warehouse.io_manager import PostgresPandasIOManager
 
 
 def _env_var(variable: str) -> dg.EnvVar | None:

@@ -7,8 +7,8 @@ import dagster as dg
 import pandas as pd
 
 from mushroom_pipeline.demo.farm import ENV_TYPES, SETPOINT_TYPES
-from mushroom_pipeline.io.postgres import copy_frame
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.frames import copy_frame
 
 
 def insert_rows(database: PostgresResource, table: str, types: dict[str, str], rows) -> None:

@@ -219,8 +219,8 @@ def test_a_separate_source_database_is_staged_and_cleaned_up(warehouse, embedded
     import sqlalchemy as sa
 
     from mushroom_pipeline.demo.farm import SOURCE_DDL
-    from mushroom_pipeline.io.postgres import PostgresPandasIOManager
     from mushroom_pipeline.resources import PostgresResource
+    from mushroom_pipeline.warehouse.io_manager import PostgresPandasIOManager
 
     admin = sa.create_engine(embedded_server.replace("/mushroom?", "/postgres?"),
                              isolation_level="AUTOCOMMIT")

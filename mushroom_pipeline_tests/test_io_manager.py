@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mushroom_pipeline.io.postgres import PostgresPandasIOManager
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.io_manager import PostgresPandasIOManager
 
 from .conftest import TEST_HOME
 from .helpers import failure_text, range_tags
@@ -187,7 +187,8 @@ def test_timestamps_without_timezone_are_refused(warehouse):
 def test_frames_with_vectors_round_trip_through_binary_copy(warehouse):
     from dagster._core.storage.db_io_manager import TableSlice
 
-    from mushroom_pipeline.io.postgres import read_frame, replace_table_slice
+    from mushroom_pipeline.warehouse.frames import read_frame
+    from mushroom_pipeline.warehouse.io_manager import replace_table_slice
 
     types = {"day": "date", "at": "timestamptz", "name": "text", "n": "bigint", "k": "integer",
              "x": "double precision", "ok": "boolean", "v": "vector"}

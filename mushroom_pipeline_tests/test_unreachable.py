@@ -9,8 +9,8 @@ import pytest
 
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
-from mushroom_pipeline.io.postgres import PostgresPandasIOManager
 from mushroom_pipeline.resources import DatabaseUnavailableError, PostgresResource
+from mushroom_pipeline.warehouse.io_manager import PostgresPandasIOManager
 
 from .helpers import failure_text
 

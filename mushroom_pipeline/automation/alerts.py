@@ -16,7 +16,6 @@ import urllib.request
 from collections.abc import Callable
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
 from pydantic import Field
 
 from mushroom_pipeline.settings import ConfigurationError
@@ -68,14 +67,14 @@ Reader = Callable[[dg.DagsterInstance, int | None, int, bool], list[dg.EventLogR
 
 def _run_failures(instance, after, limit, ascending) -> list[dg.EventLogRecord]:
     return instance.fetch_run_status_changes(
-        dg.RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=after),
+        dg.RunStatusChangeRecordsFilter(dg.DagsterEventType.RUN_FAILURE, after_storage_id=after),
         limit=limit, ascending=ascending,
     ).records
 
 
 def _check_evaluations(instance, after, limit, ascending) -> list[dg.EventLogRecord]:
     return instance.get_event_records(
-        dg.EventRecordsFilter(DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
+        dg.EventRecordsFilter(dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
         limit=limit, ascending=ascending,
     )
 

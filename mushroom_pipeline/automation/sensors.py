@@ -7,23 +7,27 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import dagster as dg
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    RUN_KEY_TAG,
-    SENSOR_NAME_TAG,
-)
 
 from mushroom_pipeline.automation.alerts import AlertWebhookResource
 from mushroom_pipeline.automation.jobs import environment_job, vision_job
 from mushroom_pipeline.environment.assets import ENV_READINGS_LEDGER
-from mushroom_pipeline.io.postgres import table_exists
-from mushroom_pipeline.io.source import SourceLedger
-from mushroom_pipeline.objectstore import ImageObject, ObjectStoreResource, parse_image_key
+from mushroom_pipeline.objectstore import (
+    ImageObject,
+    ObjectStoreResource,
+    parse_image_key,
+)
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.sources import CAMERA_IMAGES, IOT_ENV_READINGS, observation
 from mushroom_pipeline.vision.encoder import ClipEncoderResource
+from mushroom_pipeline.warehouse.source import SourceLedger
+from mushroom_pipeline.warehouse.sql import table_exists
+
+# Dagster's documented run tags
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_NAME_TAG = "dagster/sensor_name"
 
 LOOKBACK_DAYS = 14  # late data older than this needs a manual backfill
 MAX_RUNS_PER_TICK = 5  # the rest waits for the next tick, so one tick stays cheap

@@ -17,19 +17,21 @@ import pandas as pd
 from mushroom_pipeline.catalog.points import BatchPoints
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.assets import STATS_SCHEMA
-from mushroom_pipeline.io.postgres import (
-    PostgresClient,
+from mushroom_pipeline.partitions import daily_partitions
+from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.retries import TRANSIENT_RETRY
+from mushroom_pipeline.warehouse.io_manager import PostgresClient
+from mushroom_pipeline.warehouse.source import time_slice
+from mushroom_pipeline.warehouse.sql import (
     PostgresRelation,
+    table_column_types,
+)
+from mushroom_pipeline.warehouse.tables import (
     column_schema,
     column_types,
     ensure_table,
     markdown_preview,
-    table_column_types,
 )
-from mushroom_pipeline.io.source import time_slice
-from mushroom_pipeline.partitions import daily_partitions
-from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.retries import TRANSIENT_RETRY
 
 TABLE = "room_batches"
 STATS_TABLE = "env_daily_stats"

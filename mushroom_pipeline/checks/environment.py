@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from mushroom_pipeline.io.postgres import markdown_preview
+from mushroom_pipeline.warehouse.tables import markdown_preview
 
 INVALID_SHARE_LIMIT = 0.05
 COVERAGE_LIMIT = 0.9

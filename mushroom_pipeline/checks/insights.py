@@ -6,8 +6,8 @@ import os
 import dagster as dg
 import pandas as pd
 
-from mushroom_pipeline.io.postgres import markdown_preview
 from mushroom_pipeline.settings import ConfigurationError
+from mushroom_pipeline.warehouse.tables import markdown_preview
 
 THRESHOLD_VARIABLE = "MUSHROOM_COMPLIANCE_THRESHOLD"
 DEFAULT_THRESHOLD = 0.8

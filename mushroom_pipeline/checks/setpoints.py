@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mushroom_pipeline.io.postgres import markdown_preview
+from mushroom_pipeline.warehouse.tables import markdown_preview
 
 UNCONFIGURED_SHARE_LIMIT = 0.2
 

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from mushroom_pipeline.io.postgres import copy_frame
 from mushroom_pipeline.objectstore import ObjectMissingError
+from mushroom_pipeline.warehouse.frames import copy_frame
 
 ROOMS = ["607", "608", "611", "612"]
 

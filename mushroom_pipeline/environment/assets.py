@@ -7,6 +7,8 @@ import json
 import dagster as dg
 import pandas as pd
 
+from mushroom_pipeline.catalog.metrics import NAME_TYPES
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.checks.environment import (
     RECENT_DAYS,
     check_complete,
@@ -18,32 +20,32 @@ from mushroom_pipeline.checks.environment import (
     invalid_share_spec,
     silence_spec,
 )
-from mushroom_pipeline.catalog.metrics import NAME_TYPES
-from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.environment.readings import (
     SOURCE_COLUMNS,
     quarantine_relation,
     readings_relation,
 )
-from mushroom_pipeline.io.postgres import (
-    PostgresClient,
-    PostgresRelation,
-    column_schema,
-    column_types,
-    read_frame,
-    table_exists,
-)
-from mushroom_pipeline.io.source import (
+from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
+from mushroom_pipeline.sources import IOT_ENV_READINGS
+from mushroom_pipeline.warehouse.frames import read_frame
+from mushroom_pipeline.warehouse.io_manager import PostgresClient
+from mushroom_pipeline.warehouse.source import (
     SourceLedger,
     SourceWindowConfig,
     quarantined_source,
     staged_frame,
     time_slice,
 )
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
-from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
-from mushroom_pipeline.sources import IOT_ENV_READINGS
+from mushroom_pipeline.warehouse.sql import (
+    PostgresRelation,
+    table_exists,
+)
+from mushroom_pipeline.warehouse.tables import (
+    column_schema,
+    column_types,
+)
 
 METRIC_DESCRIPTION = "canonical name of the metric catalog (the source's name if it has none)"
 READINGS_SCHEMA = column_schema(

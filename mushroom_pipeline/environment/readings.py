@@ -6,8 +6,8 @@ lower(btrim(metric))): an alias and its canonical name are one metric with one r
 
 import dagster as dg
 
-from mushroom_pipeline.io.postgres import PostgresRelation
-from mushroom_pipeline.io.source import window_predicate
+from mushroom_pipeline.warehouse.sql import window_predicate
+from mushroom_pipeline.warehouse.sql import PostgresRelation
 
 SOURCE_COLUMNS = {
     "room": "text",

@@ -42,11 +42,16 @@ from mushroom_pipeline.checks.insights import (
     resolve_threshold,
     share_in_band_spec,
 )
-from mushroom_pipeline.io.postgres import PostgresRelation, column_schema, column_types, copy_frame
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
 from mushroom_pipeline.settings import ConfigurationError
+from mushroom_pipeline.warehouse.frames import copy_frame
+from mushroom_pipeline.warehouse.sql import PostgresRelation, table_exists
+from mushroom_pipeline.warehouse.tables import (
+    column_schema,
+    column_types,
+)
 
 SNAPSHOTS_TABLE = "mushroom.setpoint_snapshots"
 # Decimal readings against decimal setpoints: 17.6 − 16.6 is 1.0000000000000036 in binary
@@ -112,7 +117,7 @@ EARLIER_TABLE = "insight_earlier"
 
 def known_points(connection: sa.Connection, end: dt.datetime) -> pd.DataFrame:
     """(room, device, point, first_at): every point with a stored snapshot before `end`."""
-    if connection.exec_driver_sql("SELECT to_regclass(%s)", (SNAPSHOTS_TABLE,)).scalar() is None:
+    if not table_exists(connection, SNAPSHOTS_TABLE):
         return pd.DataFrame(columns=["room", "device", "point", "first_at"])
     rows = connection.exec_driver_sql(
         f"SELECT room, device, point, min(recorded_at) FROM {SNAPSHOTS_TABLE} "
@@ -186,7 +191,7 @@ def earlier_snapshots(
     the last day, week, month, year, then every stored day (the table's `day` index)."""
     missing = set(keys)
     found: list[tuple] = []
-    if connection.exec_driver_sql("SELECT to_regclass(%s)", (SNAPSHOTS_TABLE,)).scalar() is None:
+    if not table_exists(connection, SNAPSHOTS_TABLE):
         missing = set()
     for days in LOOKBACK_DAYS:
         if not missing:

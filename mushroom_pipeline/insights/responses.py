@@ -33,7 +33,10 @@ import sqlalchemy as sa
 
 from mushroom_pipeline.catalog.points import PointConfig
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
-from mushroom_pipeline.checks.insights import check_responses_unique, responses_unique_spec
+from mushroom_pipeline.checks.insights import (
+    check_responses_unique,
+    responses_unique_spec,
+)
 from mushroom_pipeline.insights.compliance import (
     EDGE,
     PAIRS_TABLE,
@@ -43,10 +46,14 @@ from mushroom_pipeline.insights.compliance import (
     query_frame,
     stage_setpoints,
 )
-from mushroom_pipeline.io.postgres import PostgresRelation, column_schema, column_types
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
+from mushroom_pipeline.warehouse.sql import PostgresRelation
+from mushroom_pipeline.warehouse.tables import (
+    column_schema,
+    column_types,
+)
 
 BEFORE = "30 minutes"
 AFTER = "30 minutes"

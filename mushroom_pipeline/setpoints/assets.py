@@ -5,6 +5,7 @@ from functools import partial
 import dagster as dg
 
 from mushroom_pipeline.catalog.points import BATCH_KIND
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.checks.setpoints import (
     chain_spec,
     check_chain,
@@ -12,21 +13,6 @@ from mushroom_pipeline.checks.setpoints import (
     check_unconfigured,
     no_duplicates_spec,
     unconfigured_spec,
-)
-from mushroom_pipeline.catalog.resource import FarmCatalogResource
-from mushroom_pipeline.io.postgres import (
-    PostgresRelation,
-    column_schema,
-    column_types,
-    markdown_preview,
-    read_frame,
-    replace_table_slice,
-)
-from mushroom_pipeline.io.source import (
-    SourceLedger,
-    SourceWindowConfig,
-    quarantined_source,
-    time_slice,
 )
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
@@ -50,6 +36,20 @@ from mushroom_pipeline.setpoints.snapshots import (
     window_points,
 )
 from mushroom_pipeline.sources import IOT_DEVICE_SETPOINTS
+from mushroom_pipeline.warehouse.frames import read_frame
+from mushroom_pipeline.warehouse.io_manager import replace_table_slice
+from mushroom_pipeline.warehouse.source import (
+    SourceLedger,
+    SourceWindowConfig,
+    quarantined_source,
+    time_slice,
+)
+from mushroom_pipeline.warehouse.sql import PostgresRelation
+from mushroom_pipeline.warehouse.tables import (
+    column_schema,
+    column_types,
+    markdown_preview,
+)
 
 SNAPSHOTS_SCHEMA = column_schema(
     ("room", "text"),

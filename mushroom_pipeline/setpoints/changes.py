@@ -18,8 +18,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from mushroom_pipeline.catalog.points import PointConfig
-from mushroom_pipeline.io.postgres import copy_frame, read_frame
 from mushroom_pipeline.setpoints.snapshots import KEY
+from mushroom_pipeline.warehouse.frames import (
+    copy_frame,
+    read_frame,
+)
+from mushroom_pipeline.warehouse.sql import table_exists
 
 CHANGE_TYPES = {  # what the comparisons give; the labels are added from the treatments
     "day": "date",
@@ -132,7 +136,7 @@ def _exact_changes(connection, snapshots_sql: str) -> pd.DataFrame:
 def _stored_references(connection) -> str:
     """The stored references' table, or an empty one before the first deadband run."""
     table = f"mushroom.{REFERENCES_TABLE}"
-    if connection.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is not None:
+    if table_exists(connection, table):
         return table
     nulls = ", ".join(f"NULL::{t} AS {c}" for c, t in REFERENCE_TYPES.items())
     return f"(SELECT {nulls} WHERE false)"

@@ -17,9 +17,9 @@ import dagster as dg
 import pandas as pd
 
 from mushroom_pipeline.catalog.points import PointConfig
-from mushroom_pipeline.io.postgres import PostgresRelation
-from mushroom_pipeline.io.source import staged_frame, window_predicate
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.source import staged_frame
+from mushroom_pipeline.warehouse.sql import PostgresRelation, table_exists, window_predicate
 
 SOURCE_TABLE = "iot.device_setpoints"
 SOURCE_COLUMNS = {
@@ -144,7 +144,7 @@ def window_points(
     """The window's points, classified by the catalog; the switches staged until exit."""
     with source.begin() as conn:
         # No table: no points; quarantined_source then fails naming the table and its variable.
-        exists = conn.exec_driver_sql("SELECT to_regclass(%s)", (SOURCE_TABLE,)).scalar()
+        exists = table_exists(conn, SOURCE_TABLE)
         keys = [tuple(row) for row in conn.exec_driver_sql(
             f"SELECT DISTINCT {KEY} FROM {SOURCE_TABLE} WHERE {window_predicate('recorded_at', window)}"
         )] if exists else []

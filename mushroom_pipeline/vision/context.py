@@ -8,6 +8,7 @@ import pandas as pd
 
 from mushroom_pipeline.catalog.metrics import MetricCatalog
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.sql import table_exists
 
 READINGS_TABLE = "mushroom.env_readings"
 BATCHES_TABLE = "mushroom.room_batches"
@@ -70,10 +71,6 @@ def _sentence(room: str, captured_at: pd.Timestamp, batch: tuple, readings: str)
     return f"Mushroom growing room {room}{_batch_text(*batch)} at {captured_at:%Y-%m-%d %H:%M}: {readings}."
 
 
-def _exists(conn, table: str) -> bool:
-    return conn.exec_driver_sql("SELECT to_regclass(%s)", (table,)).scalar() is not None
-
-
 def environment_context(warehouse: PostgresResource, images: pd.DataFrame,
                         metrics: MetricCatalog) -> list[str]:
     """One sentence per row of `images` (room, day, captured_at in the farm's timezone)."""
@@ -83,13 +80,13 @@ def environment_context(warehouse: PostgresResource, images: pd.DataFrame,
     batches: dict[int, tuple] = {}
     rooms = list(images["room"])
     with warehouse.begin() as conn:
-        if _exists(conn, READINGS_TABLE):
+        if table_exists(conn, READINGS_TABLE):
             rows = conn.exec_driver_sql(
                 NEAREST_READINGS_SQL, (rooms, [t.to_pydatetime() for t in images["captured_at"]])
             )
             for n, metric, value in rows:
                 readings.setdefault(n - 1, {})[metric] = value
-        if _exists(conn, BATCHES_TABLE):
+        if table_exists(conn, BATCHES_TABLE):
             for n, growth_day, entry_date in conn.exec_driver_sql(
                 BATCH_SQL, (rooms, [str(day) for day in images["day"]])
             ):

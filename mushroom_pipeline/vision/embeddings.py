@@ -21,28 +21,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
+from dagster._core.storage.db_io_manager import TableSlice
 
 from mushroom_pipeline.batches.assets import room_batches
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.checks.vision import check_failure_rate, failure_rate_spec
 from mushroom_pipeline.environment.assets import env_readings
-from mushroom_pipeline.io.postgres import (
-    INDEXES_METADATA,
-    PostgresClient,
-    column_schema,
-    column_types,
-    copy_frame,
-    copy_frame_binary,
-    ensure_table,
-    ensure_vector_extension,
-    markdown_preview,
-    quote_ident,
-    staging_table,
-    table_column_types,
-    where_clause,
-)
-from mushroom_pipeline.io.source import time_slice
 from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStoreResource
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
@@ -52,6 +36,28 @@ from mushroom_pipeline.vision.decode import DecodedImage, ImageRejected, decode_
 from mushroom_pipeline.vision.describer import Describer, DescriberResource
 from mushroom_pipeline.vision.encoder import ClipEncoder, ClipEncoderResource
 from mushroom_pipeline.vision.manifest import image_manifest
+from mushroom_pipeline.warehouse.frames import (
+    copy_frame,
+    copy_frame_binary,
+)
+from mushroom_pipeline.warehouse.io_manager import (
+    INDEXES_METADATA,
+    PostgresClient,
+)
+from mushroom_pipeline.warehouse.source import time_slice
+from mushroom_pipeline.warehouse.sql import (
+    quote_ident,
+    table_column_types,
+    where_clause,
+)
+from mushroom_pipeline.warehouse.staging import staging_table
+from mushroom_pipeline.warehouse.tables import (
+    column_schema,
+    column_types,
+    ensure_table,
+    ensure_vector_extension,
+    markdown_preview,
+)
 
 IMAGE_WEIGHT, TEXT_WEIGHT = 0.7, 0.3  # the old system's fusion
 

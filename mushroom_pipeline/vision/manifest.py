@@ -6,14 +6,6 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
-from mushroom_pipeline.io.postgres import (
-    column_schema,
-    column_types,
-    read_frame,
-    select_statement,
-    table_column_types,
-)
-from mushroom_pipeline.io.source import SourceWindowConfig, time_slice
 from mushroom_pipeline.objectstore import (
     ImageObject,
     ObjectStoreResource,
@@ -23,6 +15,19 @@ from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
 from mushroom_pipeline.sources import CAMERA_IMAGES
+from mushroom_pipeline.warehouse.frames import read_frame
+from mushroom_pipeline.warehouse.source import (
+    SourceWindowConfig,
+    time_slice,
+)
+from mushroom_pipeline.warehouse.sql import (
+    select_statement,
+    table_column_types,
+)
+from mushroom_pipeline.warehouse.tables import (
+    column_schema,
+    column_types,
+)
 
 MANIFEST_SCHEMA = column_schema(
     ("day", "date", "the capture day: the key's folder date"),

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.sql import table_exists
 
 TABLE = "mushroom.image_embeddings"
 BATCHES_TABLE = "mushroom.room_batches"
@@ -14,10 +15,6 @@ EF_SEARCH = 100
 
 def vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(repr(float(x)) for x in vector) + "]"
-
-
-def _has_batches(conn) -> bool:
-    return conn.exec_driver_sql("SELECT to_regclass(%s)", (BATCHES_TABLE,)).scalar() is not None
 
 
 def nearest(
@@ -60,7 +57,7 @@ def nearest(
         params["first_growth_day"], params["last_growth_day"] = growth_days
     params["vector"] = vector_literal(vector)
     with warehouse.begin() as conn:
-        batches = _has_batches(conn)
+        batches = table_exists(conn, BATCHES_TABLE)
         if growth_days and not batches:
             raise LookupError(f"{BATCHES_TABLE} does not exist: materialize room_batches first")
         # The image's batch: the farm has one batch device per room (the first one otherwise).

@@ -15,24 +15,22 @@ import pandas as pd
 from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 from pydantic import Field
 
-from mushroom_pipeline.io.postgres import (
-    STAGING_SCHEMA,
-    PostgresClient,
-    PostgresRelation,
-    replace_table_slice,
-    source_table,
-    staging_table,
-    table_exists,
-)
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import UnavailableError
-
-
-def window_predicate(column: str, window: dg.TimeWindow) -> str:
-    return (
-        f"{column} >= '{window.start.isoformat()}'::timestamptz "
-        f"AND {column} < '{window.end.isoformat()}'::timestamptz"
-    )
+from mushroom_pipeline.warehouse.io_manager import (
+    PostgresClient,
+    replace_table_slice,
+)
+from mushroom_pipeline.warehouse.sql import (
+    PostgresRelation,
+    table_exists,
+    window_predicate,
+)
+from mushroom_pipeline.warehouse.staging import (
+    STAGING_SCHEMA,
+    source_table,
+    staging_table,
+)
 
 
 def time_slice(table: str, column: str, window: dg.TimeWindow) -> TableSlice:

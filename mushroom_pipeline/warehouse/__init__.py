@@ -1,0 +1,1 @@
+"""The warehouse's Postgres layer: SQL text, COPY, tables, the I/O manager, staging."""

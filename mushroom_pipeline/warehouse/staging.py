@@ -1,0 +1,122 @@
+"""Staging tables in mushroom_staging, held while a step uses them; a source table staged from
+another database by streaming COPY."""
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.sql import quote_ident
+
+STAGING_SCHEMA = "mushroom_staging"
+
+
+def _keeper_lock(table: str) -> str:
+    # not the table's own write lock (lock_table), which the step takes while filling it
+    return f"staging in use: {table}"
+
+
+def drop_abandoned_staging(database: PostgresResource) -> list[str]:
+    """Drops the staging tables no live step holds (see staging_table): what a run killed
+    mid-step (kill -9, OOM, a lost node) left behind. Returns their names."""
+    with database.begin() as conn:
+        tables = [f"{quote_ident(schema)}.{quote_ident(name)}" for schema, name in conn.exec_driver_sql(
+            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = %s", (STAGING_SCHEMA,)
+        )]
+    dropped = []
+    for table in tables:
+        with database.begin() as conn:
+            if conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
+                                    (_keeper_lock(table),)).scalar():
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+                dropped.append(table)
+    return dropped
+
+
+@contextmanager
+def staging_table(database: PostgresResource, name: str) -> Iterator[str]:
+    """The qualified name of a table in mushroom_staging for one step (`name` unique to it), to
+    create and fill; dropped on exit. While in use it is held by a session advisory lock on a
+    connection of its own, so a process killed mid-step leaves a table nobody holds, and the
+    next staging of any step drops it."""
+    table = f"{quote_ident(STAGING_SCHEMA)}.{quote_ident(name)}"
+    drop_abandoned_staging(database)
+    keeper = database.get_engine().connect()
+    try:
+        # held before the table exists: a table nobody holds is always abandoned
+        keeper.exec_driver_sql("SELECT pg_advisory_lock(hashtext(%s))", (_keeper_lock(table),))
+        keeper.commit()
+        with database.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
+        yield table
+    finally:
+        try:
+            with database.begin() as conn:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            keeper.exec_driver_sql("SELECT pg_advisory_unlock(hashtext(%s))", (_keeper_lock(table),))
+            keeper.commit()
+        finally:
+            keeper.invalidate()  # never back to the pool: no lock can outlive the step
+            keeper.close()
+
+
+@contextmanager
+def source_table(
+    source: PostgresResource,
+    warehouse: PostgresResource,
+    table: str,
+    columns: Mapping[str, str],
+    where: str,
+    staging_name: str,
+) -> Iterator[str]:
+    """A name the warehouse can query for `table`'s rows matching `where`.
+
+    The same database: `table` itself. Another one: its matching rows are copied (binary COPY,
+    never parsed in Python) into an unlogged staging table, dropped on exit.
+    """
+    if source.get_engine().url == warehouse.get_engine().url:
+        yield table
+        return
+    selects = ", ".join(f"{quote_ident(c)}::{t}" for c, t in columns.items())
+    with staging_table(warehouse, staging_name) as staged:
+        with warehouse.begin() as conn:
+            conn.exec_driver_sql(
+                f"CREATE UNLOGGED TABLE {staged} "
+                f"({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})"
+            )
+            _stream_copy(
+                source, f"COPY (SELECT {selects} FROM {table} WHERE {where}) TO STDOUT WITH (FORMAT binary)",
+                conn, f"COPY {staged} FROM STDIN WITH (FORMAT binary)",
+            )
+        yield staged
+
+
+def _stream_copy(source: PostgresResource, copy_out: str, target: sa.Connection, copy_in: str) -> None:
+    """Pipes one server's COPY … TO STDOUT into another's COPY … FROM STDIN through an OS pipe:
+    memory stays at the pipe's buffer whatever the size of the window."""
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as sink, source.begin() as conn:
+                conn.connection.dbapi_connection.cursor().copy_expert(copy_out, sink)
+        except BaseException as err:  # re-raised by the consumer, which sees a truncated stream
+            failure.append(err)
+
+    producer = threading.Thread(target=produce, name="source-copy", daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(read_fd, "rb") as stream:
+            target.connection.dbapi_connection.cursor().copy_expert(copy_in, stream)
+    except Exception:
+        producer.join()
+        if failure:
+            raise failure[0] from None
+        raise
+    producer.join()
+    if failure:
+        raise failure[0]

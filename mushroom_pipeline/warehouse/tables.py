@@ -1,0 +1,248 @@
+"""Tables the pipeline writes: column schemas, creation (and columns added since), the write
+lock, pgvector, and writing a slice's rows as a frame or an INSERT … SELECT."""
+
+from collections.abc import Mapping, Sequence
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+from dagster._core.storage.db_io_manager import (
+    TablePartitionDimension,
+    TableSlice,
+)
+
+from mushroom_pipeline.warehouse.frames import copy_frame, copy_frame_binary
+from mushroom_pipeline.warehouse.sql import (
+    PostgresRelation,
+    qualified_name,
+    quote_ident,
+    slice_table_exists,
+    table_column_types,
+)
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class WriteLockTimeoutError(dg.Failure):
+    """Another writer held the table longer than the lock timeout: retried by the step's policy."""
+
+
+def lock_table(connection: sa.Connection, table: str) -> None:
+    """Writers of one table wait for each other until the transaction ends: concurrent first
+    writes cannot both create the schema or the table, nor re-materializations of one partition
+    both delete and then both insert. The wait is bounded by the session's lock_timeout."""
+    try:
+        with connection.begin_nested():
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+    except sa.exc.DBAPIError as err:
+        if getattr(err.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+            raise
+        waited = connection.exec_driver_sql("SHOW lock_timeout").scalar()
+        message = (f"Waited {waited} for the write lock of {table}: another run (a backfill?) "
+                   "is writing it. The step is retried; MUSHROOM_LOCK_TIMEOUT_S sets the wait.")
+        # logged too: a retry event shows the error's class, not its description
+        dg.get_dagster_logger().warning(message)
+        raise WriteLockTimeoutError(message) from None
+
+
+VECTOR_EXTENSION_LOCK = "mushroom_pipeline: CREATE EXTENSION vector"
+
+
+class VectorExtensionMissingError(dg.Failure):
+    pass
+
+
+def ensure_vector_extension(connection: sa.Connection) -> None:
+    """pgvector in the warehouse database: created when missing, as a fresh database of the
+    pgvector image, RDS or Cloud SQL has it installed but not created. A role that may not create
+    it gets the statement a DBA must run."""
+    if connection.exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'vector'").first():
+        return
+    lock_table(connection, VECTOR_EXTENSION_LOCK)
+    database, role = connection.exec_driver_sql("SELECT current_database(), current_user").one()
+    try:
+        with connection.begin_nested():
+            connection.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
+    except sa.exc.DBAPIError as err:
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        raise VectorExtensionMissingError(
+            f"The warehouse database {database!r} has no pgvector extension and role {role!r} "
+            f"cannot create it ({reason}). A database owner or superuser must run, in database "
+            f"{database!r}:  CREATE EXTENSION IF NOT EXISTS vector;  (the server needs pgvector "
+            "installed). Or point MUSHROOM_DATABASE_URL at a role that may create it.",
+            allow_retries=False,
+        ) from None
+
+
+def column_schema(*columns: tuple[str, str] | tuple[str, str, str]) -> dg.TableSchema:
+    """(name, Postgres type[, description]) → the schema the I/O manager creates tables from."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(c[0], c[1], description=c[2] if len(c) > 2 else None) for c in columns]
+    )
+
+
+def column_types(schema: dg.TableSchema) -> dict[str, str]:
+    return {column.name: column.type for column in schema.columns}
+
+
+def declared_column_types(context: dg.OutputContext) -> dict[str, str]:
+    schema = (context.definition_metadata or {}).get("dagster/column_schema")
+    if schema is None:
+        return {}
+    schema = getattr(schema, "schema", schema)  # TableSchemaMetadataValue or TableSchema
+    return {column.name: column.type for column in schema.columns}
+
+
+def _inferred_type(series: pd.Series) -> str:
+    dtype = series.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return "timestamptz"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "bigint"
+    if pd.api.types.is_float_dtype(dtype):
+        return "double precision"
+    if pd.api.types.is_datetime64_dtype(dtype):
+        raise ValueError(
+            f"column {series.name!r} holds timestamps without a timezone; localize it first "
+            "(the warehouse stores timestamptz)"
+        )
+    return "text"
+
+
+def _vector_dimensions(
+    connection: sa.Connection, table_slice: TableSlice, frame: pd.DataFrame, types: dict[str, str]
+) -> bool:
+    """Fixes each declared `vector` column to its vectors' length, against the table's if it
+    exists. False when some vector column's length cannot be known (no rows, no table)."""
+    existing = table_column_types(connection, qualified_name(table_slice)) if slice_table_exists(
+        connection, table_slice) else {}
+    known = True
+    for column, pg_type in types.items():
+        if not pg_type.startswith("vector"):
+            continue
+        lengths = {len(v) for v in frame[column] if v is not None}
+        if len(lengths) > 1:
+            raise ValueError(f"{table_slice.table}.{column}: vectors of lengths {sorted(lengths)}")
+        if lengths:
+            types[column] = f"vector({lengths.pop()})"
+        if column in existing:
+            if types[column] != "vector" and existing[column] != types[column]:
+                raise ValueError(
+                    f"{qualified_name(table_slice)}.{column} is {existing[column]}, these vectors "
+                    f"are {types[column]}: a model with another dimension needs its own table "
+                    "(rename or drop the old one first)"
+                )
+            types[column] = existing[column]
+        known = known and types[column] != "vector"
+    return known
+
+
+def _check_inside_window(frame: pd.DataFrame, dimension: TablePartitionDimension, pg_type: str):
+    """Rows outside the written window would survive the next re-materialization: refuse them."""
+    window = dimension.partitions
+    column = dimension.partition_expr
+    if not isinstance(window, dg.TimeWindow) or column not in frame.columns or frame.empty:
+        return
+    if pg_type == "date":
+        values = pd.to_datetime(frame[column]).dt.date
+        low, high = window.start.date(), window.end.date()
+    else:
+        values = pd.to_datetime(frame[column], utc=True)
+        low, high = pd.Timestamp(window.start), pd.Timestamp(window.end)
+    outside = ~((values >= low) & (values < high))
+    if outside.any():
+        raise ValueError(
+            f"{int(outside.sum())} row(s) have {column} outside the partition window "
+            f"[{window.start.isoformat()}, {window.end.isoformat()}), e.g. "
+            f"{frame.loc[outside, column].iloc[0]!r}; they would never be replaced"
+        )
+
+
+def markdown_preview(frame: pd.DataFrame, rows: int = 10) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "(no rows)")
+
+
+def ensure_table(
+    connection: sa.Connection,
+    table_slice: TableSlice,
+    types: Mapping[str, str],
+    indexes: Sequence[str] = (),
+):
+    """Creates the table on first write, with an index on its partition column and the
+    `indexes` given as statements with a `{table}` placeholder. A table made by an earlier
+    version gains the columns declared since (NULL in its old rows)."""
+    table = qualified_name(table_slice)
+    if slice_table_exists(connection, table_slice):
+        existing = table_column_types(connection, table)
+        for column, pg_type in types.items():
+            if column not in existing:
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {table} ADD COLUMN {quote_ident(column)} {pg_type}"
+                )
+        return
+    columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
+    connection.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
+    for dimension in table_slice.partition_dimensions or []:
+        if dimension.partition_expr in types:
+            connection.exec_driver_sql(
+                f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
+            )
+    for statement in indexes:
+        connection.exec_driver_sql(statement.format(table=table))
+
+
+def write_frame(
+    connection: sa.Connection,
+    table_slice: TableSlice,
+    frame: pd.DataFrame,
+    declared: Mapping[str, str],
+    indexes: Sequence[str] = (),
+) -> int:
+    """COPYs `frame` into the table (types: `declared`, else inferred from the frame); the caller
+    has deleted the slice in the same transaction. A declared `vector` takes its dimension from
+    the vectors; frames with vectors go in as binary COPY."""
+    missing = [c for c in declared if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{table_slice.table}: the frame lacks declared columns {missing}")
+    types = {c: declared.get(c) or _inferred_type(frame[c]) for c in frame.columns}
+    for dimension in table_slice.partition_dimensions or []:
+        _check_inside_window(frame, dimension, types.get(dimension.partition_expr, ""))
+    if any(t.startswith("vector") for t in types.values()):
+        ensure_vector_extension(connection)
+    if not _vector_dimensions(connection, table_slice, frame, types):
+        return 0  # no vectors and no table yet: nothing to write, no dimension to create it with
+    ensure_table(connection, table_slice, types, indexes)
+    if not len(frame):
+        return 0
+    table = qualified_name(table_slice)
+    if any(t.startswith("vector") for t in types.values()):
+        copy_frame_binary(connection, table, frame, types)
+    else:
+        copy_frame(connection, table, frame, types)
+    return len(frame)
+
+
+def write_relation(
+    connection: sa.Connection, table_slice: TableSlice, relation: PostgresRelation, declared: Mapping[str, str]
+) -> int:
+    """Inserts the relation's rows inside the database: the rows never travel to Python.
+    The relation must select only rows of the slice's window, with the declared columns."""
+    if not declared:
+        raise ValueError(f"{table_slice.table}: a relation output needs dagster/column_schema")
+    ensure_table(connection, table_slice, declared)
+    columns = ", ".join(quote_ident(c) for c in declared)
+    result = connection.exec_driver_sql(
+        f"INSERT INTO {qualified_name(table_slice)} ({columns}) "
+        f"SELECT {columns} FROM ({relation.sql}) relation"
+    )
+    return result.rowcount
+
+
+def write_output(
+    connection, table_slice: TableSlice, obj, declared: Mapping[str, str], indexes: Sequence[str] = ()
+) -> int:
+    if isinstance(obj, PostgresRelation):
+        return write_relation(connection, table_slice, obj, declared)
+    return write_frame(connection, table_slice, obj, declared, indexes)
