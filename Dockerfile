@@ -15,7 +15,8 @@ WORKDIR /opt/dagster/app
 RUN pip install --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY mushroom_pipeline ./mushroom_pipeline
-RUN pip install ".${EXTRAS:+[$EXTRAS]}" && mkdir -p "$DAGSTER_HOME" "$MUSHROOM_HOME"
+# editable: the code location loads defs/ through pyproject.toml's [tool.dg] (load_from_defs_folder)
+RUN pip install -e ".${EXTRAS:+[$EXTRAS]}" && mkdir -p "$DAGSTER_HOME" "$MUSHROOM_HOME"
 COPY dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 COPY workspace.yaml ./
 COPY deploy ./deploy

@@ -17,7 +17,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/mushroom-pipeline demo
 
+# dg (dagster-dg-cli) loads the code location from [tool.dg] first: every definition under defs/
 test: install
+	$(BIN)/dg check defs
+	$(BIN)/dg list defs --json > /dev/null
 	$(BIN)/python -m pytest
 
 # Dagster's storage created and migrated once (repaired if a concurrent start broke it), then

@@ -34,10 +34,10 @@ import torch  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 from mushroom_pipeline.definitions import model_resources, object_store_resource  # noqa: E402
-from mushroom_pipeline.vision.decode import decode_image  # noqa: E402
-from mushroom_pipeline.vision.embeddings import image_embeddings  # noqa: E402
-from mushroom_pipeline.vision.encoder import ClipEncoderResource  # noqa: E402
-from mushroom_pipeline.vision.manifest import image_manifest  # noqa: E402
+from mushroom_pipeline.images.decode import decode_image  # noqa: E402
+from mushroom_pipeline.defs.vision.embeddings import image_embeddings  # noqa: E402
+from mushroom_pipeline.images.encoder import ClipEncoderResource  # noqa: E402
+from mushroom_pipeline.defs.vision.manifest import image_manifest  # noqa: E402
 
 DAY = "2025-06-01"
 

@@ -25,7 +25,7 @@ import pandas as pd
 from _common import RESOURCES, median_seconds, reset_source, timed_run
 
 from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.settings import load_settings
 from mushroom_pipeline.warehouse.frames import copy_frame
 

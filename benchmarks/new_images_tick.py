@@ -16,14 +16,14 @@ from _common import RESOURCES, median_seconds  # noqa: I001 (sets MUSHROOM_HOME 
 
 import dagster as dg
 
-from mushroom_pipeline.automation.sensors import (
-    LOOKBACK_DAYS,
+from mushroom_pipeline.defs.automation.requests import LOOKBACK_DAYS
+from mushroom_pipeline.defs.vision.sensors import (
     RESCAN_EVERY_S,
     days_with_new_images,
 )
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.settings import load_settings
-from mushroom_pipeline.vision.manifest import image_manifest
+from mushroom_pipeline.defs.vision.manifest import image_manifest
 
 ROOMS = ("607", "608", "611", "612")
 MODEL = "ViT-B-32/random"

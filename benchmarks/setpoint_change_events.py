@@ -18,7 +18,7 @@ import pandas as pd
 from _common import RESOURCES, median_seconds, reset_source, timed_run
 
 from mushroom_pipeline.demo.farm import SETPOINT_DDL, SETPOINT_TYPES
-from mushroom_pipeline.setpoints.assets import (
+from mushroom_pipeline.defs.setpoints.assets import (
     setpoint_change_events,
     setpoint_snapshots,
 )

@@ -7,7 +7,7 @@ Vectors with cluster structure like CLIP embeddings (uniformly random vectors ha
 neighbours): a mixture of Gaussians around `clusters` random unit centres, L2-normalized; the
 queries are new draws from the same mixture. The table and index are those of
 mushroom.image_embeddings (vector(dim), HNSW with vector_cosine_ops, defaults m=16,
-ef_construction=64), queried through `mushroom_pipeline.vision.search.nearest`.
+ef_construction=64), queried through `mushroom_pipeline.images.search.nearest`.
 
 Exact scan: the same query with index scans disabled. Reported: p50 / p95 latency per query and
 recall@10 against the exact answer, for each hnsw.ef_search.
@@ -22,8 +22,8 @@ import pandas as pd
 from _common import RESOURCES
 from dagster._core.storage.db_io_manager import TableSlice
 
-from mushroom_pipeline.vision.embeddings import EMBEDDING_INDEXES
-from mushroom_pipeline.vision.search import nearest, vector_literal
+from mushroom_pipeline.defs.vision.embeddings import EMBEDDING_INDEXES
+from mushroom_pipeline.images.search import nearest, vector_literal
 from mushroom_pipeline.warehouse.io_manager import replace_table_slice
 
 MODEL = "bench/clustered"

@@ -106,7 +106,7 @@ def cmd_ui(settings: Settings, args) -> None:
 
 def cmd_search(settings: Settings, args) -> None:
     from mushroom_pipeline.definitions import resources_outside_a_run
-    from mushroom_pipeline.vision.search import nearest, stored_vector
+    from mushroom_pipeline.images.search import nearest, stored_vector
 
     with resources_outside_a_run("clip_encoder", "warehouse") as resources:
         clip, warehouse = resources.clip_encoder, resources.warehouse
@@ -120,7 +120,7 @@ def cmd_search(settings: Settings, args) -> None:
             if args.text:
                 vector = encoder.encode_texts([args.text])[0]
             else:
-                from mushroom_pipeline.vision.decode import decode_image
+                from mushroom_pipeline.images.decode import decode_image
 
                 decoded = decode_image(Path(args.image).read_bytes(), encoder.image_size)
                 vector = encoder.encode_images(encoder.preprocess(decoded.image)[None])[0]

@@ -3,54 +3,22 @@
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 
-from mushroom_pipeline.automation.alerts import (
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
+from mushroom_pipeline.defs.automation.alerts import (
     WEBHOOK_VARIABLE,
     AlertWebhookResource,
     check_webhook_url,
-    failed_check_alert,
-    run_failure_alert,
 )
-from mushroom_pipeline.automation.freshness import freshness_checks, freshness_schedule
-from mushroom_pipeline.automation.jobs import (
-    environment_job,
-    farm_daily_job,
-    insights_job,
-    setpoints_job,
-    vision_job,
-)
-from mushroom_pipeline.automation.schedules import (
-    daily_clip_inference,
-    daily_env_stats,
-    daily_insights,
-    hourly_setpoint_monitoring,
-)
-from mushroom_pipeline.automation.sensors import (
-    late_env_readings_sensor,
-    new_images_sensor,
-)
-from mushroom_pipeline.batches.assets import room_batches
-from mushroom_pipeline.catalog.resource import FarmCatalogResource
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
-from mushroom_pipeline.insights.compliance import setpoint_compliance
-from mushroom_pipeline.insights.responses import change_responses
+from mushroom_pipeline.images.describer import DescriberResource
+from mushroom_pipeline.images.encoder import ClipEncoderResource
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.partitions import SETTINGS
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.setpoints.assets import (
-    setpoint_change_events,
-    setpoint_snapshots,
-    switch_daily_stats,
-)
-from mushroom_pipeline.setpoints.sensors import late_setpoints_sensor
 from mushroom_pipeline.settings import ConfigurationError
-from mushroom_pipeline.sources import SOURCES
-from mushroom_pipeline.vision.describer import DescriberResource
-from mushroom_pipeline.vision.embeddings import image_embeddings
-from mushroom_pipeline.vision.encoder import ClipEncoderResource
-from mushroom_pipeline.vision.manifest import image_manifest
 from mushroom_pipeline.warehouse.io_manager import PostgresPandasIOManager
 
 
@@ -163,30 +131,11 @@ def executor():
     return None
 
 
-DAILY_ASSETS = [
-    env_readings,
-    env_daily_stats,
-    setpoint_snapshots,
-    setpoint_change_events,
-    switch_daily_stats,
-    room_batches,
-    image_manifest,
-    image_embeddings,
-    setpoint_compliance,
-    change_responses,
-]
-FRESHNESS_CHECKS = freshness_checks(DAILY_ASSETS)
-
-defs = dg.Definitions(
-    assets=[*SOURCES, *DAILY_ASSETS],
-    asset_checks=FRESHNESS_CHECKS,
-    jobs=[environment_job, setpoints_job, vision_job, insights_job, farm_daily_job],
-    schedules=[daily_env_stats, hourly_setpoint_monitoring, daily_clip_inference, daily_insights,
-               freshness_schedule(FRESHNESS_CHECKS)],
-    sensors=[late_env_readings_sensor, late_setpoints_sensor, new_images_sensor, run_failure_alert,
-             failed_check_alert],
-    resources=all_resources(),
-    executor=executor(),
+# Assets, checks, jobs, schedules and sensors: whatever the modules under defs/ define (one folder
+# per domain); the resources and the executor: built here from the MUSHROOM_* variables.
+defs = dg.Definitions.merge(
+    dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+    dg.Definitions(resources=all_resources(), executor=executor()),
 )
 
 

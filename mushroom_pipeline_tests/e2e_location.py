@@ -4,8 +4,8 @@ daemon run a schedule tick without waiting for 01:03. Loaded by the end-to-end U
 import dagster as dg
 
 from mushroom_pipeline import definitions
-from mushroom_pipeline.automation.jobs import environment_job
-from mushroom_pipeline.automation.schedules import daily_env_stats
+from mushroom_pipeline.defs.automation.jobs import environment_job
+from mushroom_pipeline.defs.environment.schedules import daily_env_stats
 
 
 @dg.schedule(

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from mushroom_pipeline.automation import alerts
-from mushroom_pipeline.automation.alerts import (
+from mushroom_pipeline.defs.automation.alerts import (
     AlertWebhookResource,
     failed_check_alert,
     run_failure_alert,

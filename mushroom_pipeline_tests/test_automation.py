@@ -9,11 +9,11 @@ import dagster as dg
 import pytest
 
 from mushroom_pipeline.automation import sensors
-from mushroom_pipeline.automation.alerts import AlertWebhookResource
-from mushroom_pipeline.automation.schedules import daily_env_stats
-from mushroom_pipeline.automation.sensors import late_env_readings_sensor
+from mushroom_pipeline.defs.automation.alerts import AlertWebhookResource
+from mushroom_pipeline.defs.environment.schedules import daily_env_stats
+from mushroom_pipeline.defs.environment.sensors import late_env_readings_sensor
 from mushroom_pipeline.definitions import database_resources, defs
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 
 from .helpers import insert_readings, insert_setpoints, launch_as_sensor, query, sensor_tick
 
@@ -62,7 +62,7 @@ def test_the_late_data_sensor_requests_the_changed_day_and_nothing_else(warehous
 
 
 def test_the_clip_schedule_requests_yesterdays_images_at_0302():
-    from mushroom_pipeline.automation.schedules import daily_clip_inference
+    from mushroom_pipeline.defs.vision.schedules import daily_clip_inference
 
     assert daily_clip_inference.cron_schedule == "2 3 * * *"
     assert daily_clip_inference.job_name == "vision_job"
@@ -168,12 +168,12 @@ def test_a_corrupt_or_old_cursor_starts_afresh_from_the_warehouse(warehouse, cur
 
 
 def test_a_late_setpoint_reruns_its_day_and_the_next_whose_baseline_it_changes(warehouse):
-    from mushroom_pipeline.setpoints.assets import (
+    from mushroom_pipeline.defs.setpoints.assets import (
         setpoint_change_events,
         setpoint_snapshots,
         switch_daily_stats,
     )
-    from mushroom_pipeline.setpoints.sensors import late_setpoints_sensor
+    from mushroom_pipeline.defs.setpoints.sensors import late_setpoints_sensor
 
     today = dt.datetime.now(dt.timezone.utc).date()
     d1, d2 = (today - dt.timedelta(days=n) for n in (3, 2))
@@ -199,7 +199,7 @@ def test_a_late_setpoint_reruns_its_day_and_the_next_whose_baseline_it_changes(w
 
 
 def test_an_image_overwritten_twice_gets_a_new_run_key_each_time():
-    from mushroom_pipeline.automation.sensors import new_images_sensor
+    from mushroom_pipeline.defs.vision.sensors import new_images_sensor
     from mushroom_pipeline.objectstore import ObjectStoreResource
     from mushroom_pipeline.settings import load_settings
 
@@ -217,11 +217,14 @@ def test_an_image_overwritten_twice_gets_a_new_run_key_each_time():
 
 
 def test_the_new_images_tick_lists_after_the_manifest_and_one_day_in_full_in_turn(warehouse):
-    from mushroom_pipeline.automation.sensors import RESCAN_EVERY_S, days_with_new_images
+    from mushroom_pipeline.defs.vision.sensors import (
+    RESCAN_EVERY_S,
+    days_with_new_images,
+)
     from mushroom_pipeline.definitions import database_resources
     from mushroom_pipeline.objectstore import ObjectStoreResource
     from mushroom_pipeline.settings import load_settings
-    from mushroom_pipeline.vision.manifest import image_manifest
+    from mushroom_pipeline.defs.vision.manifest import image_manifest
 
     resource = ObjectStoreResource(home=str(load_settings().home), bucket="tick-cost-images")
     store = resource.store()
@@ -262,7 +265,7 @@ def days_in_full(now: dt.datetime) -> dt.date:
 
 def test_a_daily_asset_whose_yesterday_is_missing_after_the_deadline_fails_its_freshness_check(
         warehouse, monkeypatch):
-    from mushroom_pipeline.automation.freshness import freshness_checks
+    from mushroom_pipeline.defs.automation.freshness import freshness_checks
     from mushroom_pipeline.definitions import defs
 
     monkeypatch.setenv("MUSHROOM_FRESH_BY_HOUR", "0")  # the deadline has passed whenever this runs
@@ -298,7 +301,7 @@ def test_a_daily_asset_whose_yesterday_is_missing_after_the_deadline_fails_its_f
 
 
 def test_the_insights_schedule_runs_the_day_before_yesterday_and_yesterday_after_the_stats():
-    from mushroom_pipeline.automation.schedules import daily_insights
+    from mushroom_pipeline.defs.insights.schedules import daily_insights
 
     assert daily_insights.cron_schedule == "33 1 * * *" and daily_insights.job_name == "insights_job"
     context = dg.build_schedule_context(

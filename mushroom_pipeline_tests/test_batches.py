@@ -5,10 +5,10 @@ the view mushroom.env_daily_stats_by_batch."""
 import dagster as dg
 import pandas as pd
 
-from mushroom_pipeline.batches.assets import room_batches
+from mushroom_pipeline.defs.batches.assets import room_batches
 from mushroom_pipeline.definitions import database_resources
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
-from mushroom_pipeline.setpoints.assets import setpoint_snapshots
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.setpoints.assets import setpoint_snapshots
 
 from .helpers import insert_readings, insert_setpoints, query, range_tags
 

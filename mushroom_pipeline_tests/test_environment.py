@@ -9,7 +9,7 @@ import pytest
 
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.definitions import database_resources
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 
 from .conftest import DATA
 from .helpers import failure_text, insert_readings, query, range_tags

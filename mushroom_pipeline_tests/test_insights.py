@@ -15,10 +15,10 @@ import yaml
 
 from mushroom_pipeline.catalog.points import DEFAULT_POINTS
 from mushroom_pipeline.definitions import database_resources
-from mushroom_pipeline.environment.assets import env_readings
-from mushroom_pipeline.insights.compliance import setpoint_compliance
-from mushroom_pipeline.insights.responses import change_responses
-from mushroom_pipeline.setpoints.assets import setpoint_change_events, setpoint_snapshots
+from mushroom_pipeline.defs.environment.assets import env_readings
+from mushroom_pipeline.defs.insights.compliance import setpoint_compliance
+from mushroom_pipeline.defs.insights.responses import change_responses
+from mushroom_pipeline.defs.setpoints.assets import setpoint_change_events, setpoint_snapshots
 
 from .helpers import failure_text, insert_readings, insert_setpoints, query, range_tags
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from mushroom_pipeline.definitions import database_resources
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 
 from .helpers import insert_readings, query, sleeping_writers, wait_until
 
@@ -23,7 +23,7 @@ ASSETS = [env_readings, env_daily_stats]
 KILLED_RUN = f"""
 import dagster as dg
 from mushroom_pipeline.definitions import database_resources
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 dg.materialize([env_readings, env_daily_stats], partition_key="{DAY}", resources=database_resources())
 """
 

@@ -11,12 +11,12 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from mushroom_pipeline.automation.sensors import late_env_readings_sensor
+from mushroom_pipeline.defs.environment.sensors import late_env_readings_sensor
 from mushroom_pipeline.definitions import database_resources
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
-from mushroom_pipeline.setpoints.assets import setpoint_snapshots
-from mushroom_pipeline.vision.embeddings import image_embeddings
-from mushroom_pipeline.vision.manifest import image_manifest
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.setpoints.assets import setpoint_snapshots
+from mushroom_pipeline.defs.vision.embeddings import image_embeddings
+from mushroom_pipeline.defs.vision.manifest import image_manifest
 
 from .helpers import failure_text, insert_readings, insert_setpoints, query, sensor_tick
 from .test_vision import DAY, key, photo, resources, tiny_clip  # noqa: F401 (fixture)

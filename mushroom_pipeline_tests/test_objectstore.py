@@ -112,7 +112,7 @@ def test_image_manifest_lists_the_days_images_and_counts_the_rest(store, warehou
     import dagster as dg
 
     from mushroom_pipeline.definitions import database_resources
-    from mushroom_pipeline.vision.manifest import image_manifest
+    from mushroom_pipeline.defs.vision.manifest import image_manifest
 
     from .helpers import query
 

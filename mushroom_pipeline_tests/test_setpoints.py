@@ -16,7 +16,7 @@ from mushroom_pipeline.catalog.points import PointTreatment, load_point_config
 from mushroom_pipeline.definitions import database_resources
 from mushroom_pipeline.demo.farm import SETPOINT_DDL
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.setpoints.assets import (
+from mushroom_pipeline.defs.setpoints.assets import (
     setpoint_change_events,
     setpoint_snapshots,
     switch_daily_stats,
@@ -252,7 +252,7 @@ def test_events_match_an_independent_pandas_implementation(warehouse, monkeypatc
 
 
 def test_the_hourly_schedule_runs_today_and_finalizes_yesterday_at_0005():
-    from mushroom_pipeline.automation.schedules import hourly_setpoint_monitoring
+    from mushroom_pipeline.defs.setpoints.schedules import hourly_setpoint_monitoring
     from mushroom_pipeline.definitions import defs
 
     def keys(when):
@@ -399,7 +399,7 @@ def test_a_slow_drift_adds_up_across_midnight_whatever_the_runs(warehouse, tmp_p
 
 def test_the_late_setpoints_sensor_requests_the_changed_day_and_its_next_and_nothing_else(warehouse):
     from mushroom_pipeline.definitions import defs
-    from mushroom_pipeline.setpoints.sensors import late_setpoints_sensor
+    from mushroom_pipeline.defs.setpoints.sensors import late_setpoints_sensor
 
     assert defs.resolve_sensor_def("late_setpoints_sensor").job_name == "setpoints_job"
     assert late_setpoints_sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
-from mushroom_pipeline.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.resources import DatabaseUnavailableError, PostgresResource
 from mushroom_pipeline.warehouse.io_manager import PostgresPandasIOManager
 

@@ -25,19 +25,19 @@ import torch
 from PIL import Image
 
 from mushroom_pipeline import cli
-from mushroom_pipeline.automation.sensors import new_images_sensor
-from mushroom_pipeline.batches.assets import room_batches
-from mushroom_pipeline.checks.vision import check_failure_rate
+from mushroom_pipeline.defs.vision.sensors import new_images_sensor
+from mushroom_pipeline.defs.batches.assets import room_batches
+from mushroom_pipeline.defs.vision.checks import check_failure_rate
 from mushroom_pipeline.definitions import database_resources
-from mushroom_pipeline.environment.assets import env_readings
+from mushroom_pipeline.defs.environment.assets import env_readings
 from mushroom_pipeline.objectstore import ObjectStoreResource
-from mushroom_pipeline.setpoints.assets import setpoint_snapshots
-from mushroom_pipeline.vision.describer import DescriberResource
-from mushroom_pipeline.vision.decode import ImageRejected, decode_image
-from mushroom_pipeline.vision.embeddings import image_embeddings, prefetched
-from mushroom_pipeline.vision.encoder import ClipEncoderResource
-from mushroom_pipeline.vision.manifest import image_manifest
-from mushroom_pipeline.vision.search import nearest, stored_vector
+from mushroom_pipeline.defs.setpoints.assets import setpoint_snapshots
+from mushroom_pipeline.images.describer import DescriberResource
+from mushroom_pipeline.images.decode import ImageRejected, decode_image
+from mushroom_pipeline.defs.vision.embeddings import image_embeddings, prefetched
+from mushroom_pipeline.images.encoder import ClipEncoderResource
+from mushroom_pipeline.defs.vision.manifest import image_manifest
+from mushroom_pipeline.images.search import nearest, stored_vector
 
 from .helpers import (
     insert_readings,

@@ -6,9 +6,7 @@ from typing import NamedTuple
 
 import dagster as dg
 import sqlalchemy as sa
-from dagster._core.storage.db_io_manager import (
-    TableSlice,
-)
+from dagster._core.storage.db_io_manager import TableSlice
 
 
 class PostgresRelation(NamedTuple):

@@ -1,0 +1,1 @@
+"""Cross-cutting automation: jobs, alerts, freshness checks, the request machinery sensors share."""

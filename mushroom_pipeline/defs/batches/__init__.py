@@ -1,0 +1,1 @@
+"""Batches in the rooms: growth days per room and day."""

@@ -1,0 +1,1 @@
+"""Farm insights: setpoint compliance and change responses, their checks and schedule."""

@@ -1,0 +1,196 @@
+"""The day's device-point snapshots, validated in SQL, each day with its own baselines (every
+point's last valid snapshot before that day), so any day's slice stands alone: a change across
+midnight or a run boundary is seen exactly once, whatever runs wrote or read the days.
+
+Which points are switches (0/1, else `not_a_switch_value`) is the catalog's word, decided in
+Python per (room, device, point) of the window: the switch keys reach the warehouse's queries
+as a staging table filled by COPY, and the source database's baseline lookup as bound arrays.
+
+Names and values are data: they travel as bound parameters or through COPY, never as SQL text."""
+
+import datetime as dt
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+
+from mushroom_pipeline.catalog.points import PointConfig
+from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.source import staged_frame
+from mushroom_pipeline.warehouse.sql import (
+    PostgresRelation,
+    table_exists,
+    window_predicate,
+)
+
+SOURCE_TABLE = "iot.device_setpoints"
+SOURCE_COLUMNS = {
+    "room": "text",
+    "device": "text",
+    "point": "text",
+    "value": "double precision",
+    "recorded_at": "timestamptz",
+}
+KEY = "room, device, point"
+KEY_TYPES = {"room": "text", "device": "text", "point": "text"}
+# Snapshots are periodic: the last hour before the day nearly always holds every point's
+# baseline; points silent longer are looked up further back, up to a year.
+BASELINE_LOOKBACKS = (
+    dt.timedelta(hours=1),
+    dt.timedelta(days=1),
+    dt.timedelta(days=7),
+    dt.timedelta(days=31),
+    dt.timedelta(days=366),
+)
+
+
+def _reason(switches: str) -> str:
+    """Why a row is invalid (NULL: valid). `switches`: a FROM item (with its alias) of the
+    (room, device, point) keys the catalog reads as switches."""
+    return f"""CASE
+        WHEN coalesce(btrim(room), '') = '' OR coalesce(btrim(device), '') = ''
+             OR coalesce(btrim(point), '') = '' THEN 'blank_key'
+        WHEN value IS NULL THEN 'null_value'
+        WHEN value = 'NaN' THEN 'nan_value'
+        WHEN value IN ('Infinity', '-Infinity') THEN 'infinite_value'
+        WHEN value NOT IN (0, 1) AND ({KEY}) IN (SELECT {KEY} FROM {switches})
+             THEN 'not_a_switch_value'
+    END"""
+
+
+def _classified(table: str, where: str, switches: str) -> str:
+    return f"SELECT {KEY}, value, recorded_at, {_reason(switches)} AS reason FROM {table} WHERE {where}"
+
+
+def _valid(table: str, where: str, switches: str, join: str = "") -> str:
+    """Valid snapshots, identical repeats folded (source_rows); a time of a point with two
+    values is no snapshot. `join` narrows the rows before they are grouped."""
+    return (
+        f"SELECT {KEY}, min(value) AS value, recorded_at, count(*) AS source_rows "
+        f"FROM ({_classified(table, where, switches)}) c {join} WHERE reason IS NULL "
+        f"GROUP BY {KEY}, recorded_at HAVING min(value) = max(value)"
+    )
+
+
+def _conflicts(table: str, window: dg.TimeWindow, switches: str) -> str:
+    """Keys at which one snapshot time carries different values: no value can be trusted."""
+    classified = _classified(table, window_predicate("recorded_at", window), switches)
+    return (
+        f"SELECT {KEY}, recorded_at FROM ({classified}) c "
+        f"WHERE reason IS NULL GROUP BY {KEY}, recorded_at HAVING min(value) <> max(value)"
+    )
+
+
+def snapshots_relation(
+    table: str, window: dg.TimeWindow, earlier: str, switches: str
+) -> PostgresRelation:
+    """Valid snapshots of the window, plus for each point and day with snapshots its baseline:
+    the previous snapshot (LAG), from an earlier day of the window or from `earlier` (each
+    point's last snapshot before the window). A baseline is a copy: source_rows 0. `switches`:
+    the staged switch keys (WindowPoints.switches_table)."""
+    valid = _valid(table, window_predicate("recorded_at", window), switches)
+    chained = (
+        f"SELECT {KEY}, value, recorded_at, source_rows, in_window, "
+        "lag(value) OVER w AS previous_value, lag(recorded_at) OVER w AS previous_at "
+        f"FROM (SELECT *, true AS in_window FROM ({valid}) v "
+        f"UNION ALL SELECT {KEY}, value, recorded_at, 0, false FROM {earlier}) s "
+        f"WINDOW w AS (PARTITION BY {KEY} ORDER BY recorded_at)"
+    )
+    # As the lookup before the window: a point silent longer than the last lookback starts afresh.
+    limit = f"interval '{BASELINE_LOOKBACKS[-1].days} days'"
+    return PostgresRelation(
+        f"WITH chained AS ({chained})\n"
+        f"SELECT {KEY}, value, recorded_at, recorded_at::date AS day, source_rows, "
+        "false AS is_baseline FROM chained WHERE in_window\n"
+        f"UNION ALL\nSELECT {KEY}, previous_value, previous_at, recorded_at::date, 0, true "
+        "FROM chained WHERE in_window AND previous_at::date < recorded_at::date "
+        f"AND previous_at >= recorded_at::date::timestamptz - {limit}"
+    )
+
+
+def quarantine_relation(
+    table: str, window: dg.TimeWindow, switches: str
+) -> PostgresRelation:
+    classified = _classified(table, window_predicate("recorded_at", window), switches)
+    return PostgresRelation(
+        f"SELECT {KEY}, value, recorded_at, reason FROM ({classified}) c WHERE reason IS NOT NULL\n"
+        f"UNION ALL\nSELECT {KEY}, value, recorded_at, 'conflicting_duplicate' "
+        f"FROM ({classified}) c JOIN ({_conflicts(table, window, switches)}) x "
+        f"USING ({KEY}, recorded_at) WHERE c.reason IS NULL"
+    )
+
+
+def _arrays(prefix: str, keys: Collection[tuple]) -> dict[str, list]:
+    """Keys as the bound arrays of `_unnested(prefix)`."""
+    columns = [list(column) for column in zip(*keys)] or [[], [], []]
+    return {f"{prefix}{name}": column for name, column in zip(KEY_TYPES, columns)}
+
+
+def _unnested(prefix: str, alias: str) -> str:
+    arrays = ", ".join(f"%({prefix}{name})s::text[]" for name in KEY_TYPES)
+    return f"unnest({arrays}) AS {alias}({KEY})"
+
+
+@dataclass(frozen=True)
+class WindowPoints:
+    keys: list[tuple[str, str, str]]  # every (room, device, point) with a source row in the window
+    switches: list[tuple[str, str, str]]  # those the catalog reads as switches
+    switches_table: str  # the switches, staged in the warehouse for its queries
+
+
+@contextmanager
+def window_points(
+    source: PostgresResource, warehouse: PostgresResource, window: dg.TimeWindow,
+    config: PointConfig, name: str,
+) -> Iterator[WindowPoints]:
+    """The window's points, classified by the catalog; the switches staged until exit."""
+    with source.begin() as conn:
+        # No table: no points; quarantined_source then fails naming the table and its variable.
+        exists = table_exists(conn, SOURCE_TABLE)
+        keys = [tuple(row) for row in conn.exec_driver_sql(
+            f"SELECT DISTINCT {KEY} FROM {SOURCE_TABLE} WHERE {window_predicate('recorded_at', window)}"
+        )] if exists else []
+    # A key with a NULL part is a blank_key whatever its kind.
+    switches = [key for key in keys
+                if None not in key and config.treatment(*key).kind == "switch"]
+    with staged_frame(
+        warehouse, name, pd.DataFrame(switches, columns=list(KEY_TYPES)), KEY_TYPES
+    ) as table:
+        yield WindowPoints(keys, switches, table)
+
+
+def find_baselines(
+    source: PostgresResource, window: dg.TimeWindow, points: WindowPoints
+) -> pd.DataFrame:
+    """Each point of the window's last valid snapshot before it, looking back step by step."""
+    wanted = f"JOIN {_unnested('', 'w')} USING ({KEY})"
+    switches = _unnested("switch_", "sw")
+    found: list[tuple] = []
+    missing = set(points.keys)
+    with source.begin() as conn:
+        for lookback in BASELINE_LOOKBACKS:
+            if not missing:
+                break
+            before = window_predicate("recorded_at", dg.TimeWindow(window.start - lookback, window.start))
+            rows = conn.exec_driver_sql(
+                f"SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at "
+                f"FROM ({_valid(SOURCE_TABLE, before, switches, wanted)}) v "
+                f"ORDER BY {KEY}, recorded_at DESC",
+                {**_arrays("", missing), **_arrays("switch_", points.switches)},
+            ).all()
+            found.extend(rows)
+            missing -= {tuple(row[:3]) for row in rows}
+    return pd.DataFrame(found, columns=list(SOURCE_COLUMNS))
+
+
+@contextmanager
+def staged_baselines(
+    source: PostgresResource, warehouse: PostgresResource, window: dg.TimeWindow,
+    points: WindowPoints, name: str,
+) -> Iterator[tuple[str, int]]:
+    """(table, rows): the baselines before the window, staged in the warehouse until exit."""
+    baselines = find_baselines(source, window, points)
+    with staged_frame(warehouse, name, baselines, SOURCE_COLUMNS) as table:
+        yield table, len(baselines)
