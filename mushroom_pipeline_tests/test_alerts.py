@@ -6,7 +6,7 @@ import threading
 import dagster as dg
 import pytest
 
-from mushroom_pipeline.automation import alerts
+from mushroom_pipeline.defs.automation import alerts
 from mushroom_pipeline.defs.automation.alerts import (
     AlertWebhookResource,
     failed_check_alert,

@@ -8,14 +8,21 @@ import json
 import dagster as dg
 import pytest
 
-from mushroom_pipeline.automation import sensors
+from mushroom_pipeline.definitions import database_resources, defs
+from mushroom_pipeline.defs.automation import requests as request_machinery
 from mushroom_pipeline.defs.automation.alerts import AlertWebhookResource
+from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.defs.environment.schedules import daily_env_stats
 from mushroom_pipeline.defs.environment.sensors import late_env_readings_sensor
-from mushroom_pipeline.definitions import database_resources, defs
-from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.vision import sensors as vision_sensors
 
-from .helpers import insert_readings, insert_setpoints, launch_as_sensor, query, sensor_tick
+from .helpers import (
+    insert_readings,
+    insert_setpoints,
+    launch_as_sensor,
+    query,
+    sensor_tick,
+)
 
 
 def test_definitions_load():
@@ -112,8 +119,8 @@ def test_a_day_whose_run_failed_is_requested_again_with_backoff_then_alerted(
     fail_as_sensor(instance, "late_env_readings_sensor", result.run_requests[0])
     result = tick(result.cursor)
     assert not result.run_requests  # the first retry waits RETRY_BACKOFF (10 min)
-    monkeypatch.setattr(sensors, "RETRY_BACKOFF", dt.timedelta(0))
-    for attempt in range(2, sensors.MAX_ATTEMPTS + 1):
+    monkeypatch.setattr(request_machinery, "RETRY_BACKOFF", dt.timedelta(0))
+    for attempt in range(2, request_machinery.MAX_ATTEMPTS + 1):
         result = tick(result.cursor)
         assert [r.partition_key for r in result.run_requests] == [day]
         keys.append(result.run_requests[0].run_key)
@@ -164,7 +171,7 @@ def test_a_corrupt_or_old_cursor_starts_afresh_from_the_warehouse(warehouse, cur
     result = sensor_tick(late_env_readings_sensor, instance, cursor)
     assert [r.partition_key for r in result.run_requests] == [day]
     assert "unreadable sensor cursor" in capfd.readouterr().err
-    assert json.loads(result.cursor)["version"] == sensors.CURSOR_VERSION
+    assert json.loads(result.cursor)["version"] == request_machinery.CURSOR_VERSION
 
 
 def test_a_late_setpoint_reruns_its_day_and_the_next_whose_baseline_it_changes(warehouse):
@@ -217,14 +224,14 @@ def test_an_image_overwritten_twice_gets_a_new_run_key_each_time():
 
 
 def test_the_new_images_tick_lists_after_the_manifest_and_one_day_in_full_in_turn(warehouse):
-    from mushroom_pipeline.defs.vision.sensors import (
-    RESCAN_EVERY_S,
-    days_with_new_images,
-)
     from mushroom_pipeline.definitions import database_resources
+    from mushroom_pipeline.defs.vision.manifest import image_manifest
+    from mushroom_pipeline.defs.vision.sensors import (
+        RESCAN_EVERY_S,
+        days_with_new_images,
+    )
     from mushroom_pipeline.objectstore import ObjectStoreResource
     from mushroom_pipeline.settings import load_settings
-    from mushroom_pipeline.defs.vision.manifest import image_manifest
 
     resource = ObjectStoreResource(home=str(load_settings().home), bucket="tick-cost-images")
     store = resource.store()
@@ -259,14 +266,14 @@ def test_the_new_images_tick_lists_after_the_manifest_and_one_day_in_full_in_tur
 def days_in_full(now: dt.datetime) -> dt.date:
     """The day a tick at `now` lists in full (the sensor's rotation)."""
     today = now.astimezone(dt.timezone.utc).date()
-    days = [today - dt.timedelta(days=n) for n in range(sensors.LOOKBACK_DAYS + 1)]
-    return days[int(now.timestamp() // sensors.RESCAN_EVERY_S) % len(days)]
+    days = [today - dt.timedelta(days=n) for n in range(request_machinery.LOOKBACK_DAYS + 1)]
+    return days[int(now.timestamp() // vision_sensors.RESCAN_EVERY_S) % len(days)]
 
 
 def test_a_daily_asset_whose_yesterday_is_missing_after_the_deadline_fails_its_freshness_check(
         warehouse, monkeypatch):
-    from mushroom_pipeline.defs.automation.freshness import freshness_checks
     from mushroom_pipeline.definitions import defs
+    from mushroom_pipeline.defs.automation.freshness import freshness_checks
 
     monkeypatch.setenv("MUSHROOM_FRESH_BY_HOUR", "0")  # the deadline has passed whenever this runs
     checks = freshness_checks([env_readings])

@@ -140,6 +140,7 @@ class SourceWindow:
     source_rows: int
     invalid_by_reason: dict[str, int]
     quarantine_table: str
+    quarantined_per_day: dict[str, int]  # by partition key
 
     @property
     def invalid_rows(self) -> int:
@@ -188,15 +189,19 @@ def quarantined_source(
         # The quarantine is written first: if the asset's own write then fails, a re-run
         # replaces both, and no invalid row is ever missing from it.
         replace_table_slice(warehouse, quarantine, quarantine_relation(queryable, window), quarantine_types)
+        by_reason: dict[str, int] = {}
+        per_day: dict[str, int] = {}
         with warehouse.begin() as conn:
-            by_reason = dict(
-                conn.exec_driver_sql(
-                    f"SELECT reason, count(*) FROM ({PostgresClient.get_select_statement(quarantine)}) q "
-                    "GROUP BY reason ORDER BY 2 DESC"
-                ).all()
-            )
+            # the farm's day: the transaction runs in the farm's timezone
+            for day, reason, count in conn.exec_driver_sql(
+                f"SELECT {time_column}::date::text, reason, count(*) "
+                f"FROM ({PostgresClient.get_select_statement(quarantine)}) q "
+                "GROUP BY 1, 2 ORDER BY 3 DESC"
+            ):
+                by_reason[reason] = by_reason.get(reason, 0) + count
+                per_day[day] = per_day.get(day, 0) + count
         context.log.info(
             f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {source_rows} rows of {table}, "
             f"{sum(by_reason.values())} quarantined {by_reason}"
         )
-        yield SourceWindow(queryable, source_rows, by_reason, ledger.quarantine)
+        yield SourceWindow(queryable, source_rows, by_reason, ledger.quarantine, per_day)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from mushroom_pipeline.catalog.points import BatchPoints
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
+from mushroom_pipeline.defs.batches import OWNERS, TAGS
 from mushroom_pipeline.defs.environment.assets import STATS_SCHEMA
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
@@ -217,6 +218,8 @@ def ensure_stats_view(warehouse: PostgresResource, window: dg.TimeWindow) -> Non
     metadata={"partition_expr": "day", "dagster/column_schema": BATCHES_SCHEMA},
     check_specs=[growth_day_agrees_spec],
     group_name="batches",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "derived"},
     kinds={"postgres"},
 )
 def room_batches(

@@ -9,6 +9,7 @@ import pandas as pd
 
 from mushroom_pipeline.catalog.metrics import NAME_TYPES
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
+from mushroom_pipeline.defs.environment import OWNERS, TAGS
 from mushroom_pipeline.defs.environment.checks import (
     RECENT_DAYS,
     check_complete,
@@ -25,6 +26,7 @@ from mushroom_pipeline.defs.environment.readings import (
     quarantine_relation,
     readings_relation,
 )
+from mushroom_pipeline.defs.side_tables import report_side_table, side_table
 from mushroom_pipeline.defs.sources import IOT_ENV_READINGS
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
@@ -105,6 +107,8 @@ ENV_READINGS_LEDGER = SourceLedger(
     check_specs=[invalid_share_spec],
     deps=[IOT_ENV_READINGS],
     group_name="environment",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "validated"},
     pool=POSTGRES_HEAVY_POOL,
     kinds={"postgres"},
 )
@@ -133,7 +137,15 @@ def env_readings(
             readings_relation(source.table, window, names),
             metadata={**source.metadata(), "metric_catalog": catalog.source},
         )
+        report_side_table(context, QUARANTINE_TABLE, source.quarantined_per_day,
+                          invalid_by_reason=dg.MetadataValue.json(source.invalid_by_reason))
     yield check_invalid_share(source.source_rows, source.invalid_by_reason)
+
+
+env_readings_quarantine = side_table(
+    QUARANTINE_TABLE, "env_readings", "Source rows of iot.env_readings that failed validation, "
+    "one row each with its reason.", QUARANTINE_SCHEMA, "environment", OWNERS, TAGS,
+)
 
 
 STATS_SQL = """
@@ -185,7 +197,10 @@ QUARANTINED_GROUPS_SQL = "SELECT DISTINCT measured_at::date AS day, room, metric
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": STATS_SCHEMA},
     check_specs=[coverage_spec, complete_spec, silence_spec],
+    deps=[env_readings_quarantine],  # its invalid counts
     group_name="environment",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "derived"},
     kinds={"postgres"},
 )
 def env_daily_stats(

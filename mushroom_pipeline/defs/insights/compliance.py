@@ -34,6 +34,7 @@ from pydantic import Field
 
 from mushroom_pipeline.catalog.points import PointConfig
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
+from mushroom_pipeline.defs.insights import OWNERS, TAGS
 from mushroom_pipeline.defs.insights.checks import (
     THRESHOLD_VARIABLE,
     check_compliance_counts,
@@ -446,6 +447,8 @@ def compliance_metadata(rows: pd.DataFrame, pairs: pd.DataFrame, threshold: floa
     metadata={"partition_expr": "day", "dagster/column_schema": COMPLIANCE_SCHEMA},
     check_specs=[share_in_band_spec, compliance_counts_spec],
     group_name="insights",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "insight"},
     kinds={"postgres"},
 )
 def setpoint_compliance(

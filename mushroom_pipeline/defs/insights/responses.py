@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from mushroom_pipeline.catalog.points import PointConfig
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
+from mushroom_pipeline.defs.insights import OWNERS, TAGS
 from mushroom_pipeline.defs.insights.checks import (
     check_responses_unique,
     responses_unique_spec,
@@ -236,6 +237,8 @@ def responses_metadata(responses: pd.DataFrame) -> dict:
     },
     check_specs=[responses_unique_spec],
     group_name="insights",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "insight"},
     kinds={"postgres"},
 )
 def change_responses(

@@ -6,6 +6,7 @@ import dagster as dg
 
 from mushroom_pipeline.catalog.points import BATCH_KIND
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
+from mushroom_pipeline.defs.setpoints import OWNERS, TAGS
 from mushroom_pipeline.defs.setpoints.changes import (
     EVENT_TYPES,
     POINTS_TABLE,
@@ -32,6 +33,7 @@ from mushroom_pipeline.defs.setpoints.snapshots import (
     staged_baselines,
     window_points,
 )
+from mushroom_pipeline.defs.side_tables import report_side_table, side_table
 from mushroom_pipeline.defs.sources import IOT_DEVICE_SETPOINTS
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
@@ -109,6 +111,8 @@ SETPOINTS_LEDGER = SourceLedger(
     metadata={"partition_expr": "day", "dagster/column_schema": SNAPSHOTS_SCHEMA},
     deps=[IOT_DEVICE_SETPOINTS],
     group_name="setpoints",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "validated"},
     pool=POSTGRES_HEAVY_POOL,
     kinds={"postgres"},
 )
@@ -144,6 +148,14 @@ def setpoint_snapshots(
                 "switch_points": len(points.switches),
             },
         )
+        report_side_table(context, QUARANTINE_TABLE, source.quarantined_per_day,
+                          invalid_by_reason=dg.MetadataValue.json(source.invalid_by_reason))
+
+
+setpoint_snapshots_quarantine = side_table(
+    QUARANTINE_TABLE, "setpoint_snapshots", "Source rows of iot.device_setpoints that failed "
+    "validation, one row each with its reason.", QUARANTINE_SCHEMA, "setpoints", OWNERS, TAGS,
+)
 
 
 @dg.asset(
@@ -157,6 +169,8 @@ def setpoint_snapshots(
     metadata={"partition_expr": "day", "dagster/column_schema": EVENTS_SCHEMA},
     check_specs=[no_duplicates_spec, chain_spec, unconfigured_spec],
     group_name="setpoints",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "derived"},
     kinds={"postgres"},
 )
 def setpoint_change_events(
@@ -209,6 +223,8 @@ def setpoint_change_events(
             "latest_events": markdown_preview(latest),
         },
     )
+    report_side_table(context, REFERENCES_TABLE, {
+        str(day): n for day, n in changes.references.groupby("day").size().items()})
     yield check_no_duplicates(events)
     yield check_chain(events)
     yield check_unconfigured(treatments)
@@ -253,6 +269,13 @@ ORDER BY 1, 2, 3, 4
 """
 
 
+setpoint_deadband_references = side_table(
+    REFERENCES_TABLE, "setpoint_change_events", "Each deadband point's reference value at each "
+    "day's end: where the next day's change detection starts.",
+    column_schema(*REFERENCE_TYPES.items()), "setpoints", OWNERS, TAGS,
+)
+
+
 @dg.asset(
     description="Per day, room, device and tracked switch point of the farm's catalog: "
     "switch-ons, switch-offs, minutes ON and OFF (the figures of ioBroker / Home Assistant "
@@ -262,6 +285,8 @@ ORDER BY 1, 2, 3, 4
     backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"partition_expr": "day", "dagster/column_schema": SWITCH_STATS_SCHEMA},
     group_name="setpoints",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "derived"},
     kinds={"postgres"},
 )
 def switch_daily_stats(

@@ -26,6 +26,8 @@ from dagster._core.storage.db_io_manager import TableSlice
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.defs.batches.assets import room_batches
 from mushroom_pipeline.defs.environment.assets import env_readings
+from mushroom_pipeline.defs.side_tables import report_side_table, side_table
+from mushroom_pipeline.defs.vision import OWNERS, TAGS
 from mushroom_pipeline.defs.vision.checks import check_failure_rate, failure_rate_spec
 from mushroom_pipeline.defs.vision.manifest import image_manifest
 from mushroom_pipeline.images.context import environment_context
@@ -102,6 +104,11 @@ FAILURES_SCHEMA = column_schema(
 )
 
 
+image_failures = side_table(
+    FAILURES_TABLE, "image_embeddings", "Images that could not be embedded, one row per image "
+    "and model with the reason and detail; tried again on the next run.", FAILURES_SCHEMA,
+    "vision", OWNERS, TAGS,
+)
 EMBEDDINGS_TABLE = "mushroom.image_embeddings"
 MANIFEST_TABLE = "mushroom.image_manifest"
 # Vectors computed but not yet swapped into the day: what a crashed run leaves for its retry.
@@ -337,6 +344,8 @@ def _count(conn, template: str, window: dg.TimeWindow, **params) -> int:
     },
     check_specs=[failure_rate_spec],
     group_name="vision",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "derived"},
     kinds={"pytorch", "postgres"},
     pool=CLIP_POOL,
     # On Kubernetes with the k8s_job_executor: this step's pod goes to a GPU node.
@@ -419,12 +428,13 @@ def image_embeddings(
 
     reasons = outcome.pop("failure_reasons")
     new_rows = outcome.pop("new_rows")
-    check = check_failure_rate(outcome.pop("images_by_day"), outcome.pop("failures_by_day"))
+    failures_by_day = outcome.pop("failures_by_day")
+    check = check_failure_rate(outcome.pop("images_by_day"), failures_by_day)
     context.log.info(
         f"embedded {embedded} images in {elapsed:.1f} s ({embedded / max(elapsed, 1e-9):.1f}/s), "
         f"{outcome['failed']} failed {reasons}"
     )
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "model": model,
             "weights": "RANDOM: untrained, vectors carry no meaning" if encoder.random_weights
@@ -442,6 +452,9 @@ def image_embeddings(
         },
         check_results=[check],
     )
+    report_side_table(context, FAILURES_TABLE,
+                      {day: sum(by_reason.values()) for day, by_reason in failures_by_day.items()},
+                      model=model)
 
 
 def _swap_in(warehouse: PostgresResource, window: dg.TimeWindow, model: str, failures_table: str

@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from mushroom_pipeline.defs.sources import CAMERA_IMAGES
+from mushroom_pipeline.defs.vision import OWNERS, TAGS
 from mushroom_pipeline.objectstore import (
     ImageObject,
     ObjectStoreResource,
@@ -109,6 +110,8 @@ def keep_gone_images(
     metadata={"partition_expr": "day", "dagster/column_schema": MANIFEST_SCHEMA},
     deps=[CAMERA_IMAGES],
     group_name="vision",
+    owners=OWNERS,
+    tags={**TAGS, "layer": "validated"},
     kinds={"s3", "postgres"},
 )
 def image_manifest(
