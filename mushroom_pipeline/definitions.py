@@ -14,7 +14,7 @@ from mushroom_pipeline.defs.automation.alerts import (
     check_webhook_url,
 )
 from mushroom_pipeline.images.describer import DescriberResource
-from mushroom_pipeline.images.encoder import ClipEncoderResource
+from mushroom_pipeline.images.encoder import DEFAULT_BATCH_SIZE, ClipEncoderResource
 from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.partitions import SETTINGS
 from mushroom_pipeline.resources import PostgresResource
@@ -90,7 +90,7 @@ def model_resources() -> dict[str, object]:
             architecture=os.environ.get("MUSHROOM_CLIP_MODEL", "").strip() or "ViT-B-32",
             pretrained=os.environ.get("MUSHROOM_CLIP_PRETRAINED", "").strip() or "laion2b_s34b_b79k",
             device=device,
-            batch_size=_positive_int("MUSHROOM_CLIP_BATCH_SIZE", 20),
+            batch_size=_positive_int("MUSHROOM_CLIP_BATCH_SIZE", DEFAULT_BATCH_SIZE),
             decode_threads=_positive_int("MUSHROOM_CLIP_DECODE_THREADS", 4),
             max_image_mb=_positive_int("MUSHROOM_MAX_IMAGE_MB", 50),
             prefetch_mb=_positive_int("MUSHROOM_PREFETCH_MB", 256),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import dagster as dg
 from pydantic import Field
 
-from mushroom_pipeline.images.encoder import ModelUnavailableError
+from mushroom_pipeline.images.encoder import ModelUnavailableError, resolved_device
 
 
 @dataclass
@@ -64,9 +64,4 @@ class DescriberResource(dg.ConfigurableResource):
     def describer(self) -> Describer | None:
         if not self.model:
             return None
-        device = self.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return load_describer(self.model, device, self.max_new_tokens)
+        return load_describer(self.model, resolved_device(self.device), self.max_new_tokens)

@@ -139,6 +139,19 @@ def load_encoder(architecture: str, pretrained: str, device: str) -> ClipEncoder
     )
 
 
+def resolved_device(device: str) -> str:
+    """The torch device for a configured one: `auto` is CUDA when present, else the CPU. The one
+    choice the encoder and the describer share."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DEFAULT_BATCH_SIZE = 20  # images per forward pass, as the old nightly job
+
+
 class ClipEncoderResource(dg.ConfigurableResource):
     """MUSHROOM_CLIP_MODEL / MUSHROOM_CLIP_PRETRAINED, with the device picked automatically."""
 
@@ -148,7 +161,7 @@ class ClipEncoderResource(dg.ConfigurableResource):
         description="open_clip pretrained tag, a checkpoint file, or 'random' (untrained, flagged)",
     )
     device: str = Field(default="auto", description="auto: cuda when present, else cpu")
-    batch_size: int = Field(default=32, gt=0)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, gt=0)
     decode_threads: int = Field(default=4, gt=0, description="threads fetching and decoding images")
     max_image_mb: int = Field(
         default=50, gt=0, description="larger objects are not fetched: recorded as too_large")
@@ -159,11 +172,7 @@ class ClipEncoderResource(dg.ConfigurableResource):
         "and the most work a crashed run loses")
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolved_device(self.device)
 
     def model_id(self) -> str:
         return "/".join(model_identity(self.architecture, self.pretrained))
