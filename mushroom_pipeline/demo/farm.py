@@ -59,8 +59,13 @@ def _local_day(day: dt.date, tz: ZoneInfo, freq: str) -> pd.DatetimeIndex:
     return pd.date_range(start, end, freq=freq, inclusive="left")
 
 
-def env_readings_for_day(room: str, day: dt.date, tz: ZoneInfo) -> pd.DataFrame:
-    """One room's readings of one local day; `value` is an object column (None = NULL)."""
+# On the story day this sensor reports nothing for three hours: sensor_health names it silent.
+SILENT_SENSOR = ("612", "humidity", dt.time(9), dt.time(12))
+
+
+def env_readings_for_day(room: str, day: dt.date, tz: ZoneInfo, story: bool = False) -> pd.DataFrame:
+    """One room's readings of one local day; `value` is an object column (None = NULL).
+    `story`: the story day, when SILENT_SENSOR goes quiet."""
     rng = _rng("env", room, day)
     times = _local_day(day, tz, "1min")
     hours = (times - times[0]).total_seconds().to_numpy() / 3600
@@ -82,6 +87,10 @@ def env_readings_for_day(room: str, day: dt.date, tz: ZoneInfo) -> pd.DataFrame:
         frame.loc[bad[4:], "value"] = mean * 50  # a glitching sensor, out of range
         repeated = frame.iloc[rng.choice(len(frame), size=5, replace=False)].copy()
         repeated["value"] = [v + 0.1 if isinstance(v, float) else v for v in repeated["value"]]
+        if story and (room, metric) == SILENT_SENSOR[:2]:
+            local = frame["measured_at"].dt.time
+            quiet = (local >= SILENT_SENSOR[2]) & (local < SILENT_SENSOR[3])
+            frame, repeated = frame[~quiet], repeated[~repeated.index.isin(frame.index[quiet])]
         frames += [frame, repeated]
     return pd.concat(frames, ignore_index=True)
 
@@ -109,8 +118,10 @@ def _replace_demo_rows(
 
 
 def seed_env_readings(engine: sa.Engine, days: list[dt.date], tz: ZoneInfo) -> int:
+    story = demo_week(days).story
     frame = pd.concat(
-        [env_readings_for_day(room, day, tz) for day in days for room in ROOMS], ignore_index=True
+        [env_readings_for_day(room, day, tz, day == story) for day in days for room in ROOMS],
+        ignore_index=True,
     )
     return _replace_demo_rows(
         engine, SOURCE_DDL, "iot.env_readings", "measured_at", frame, ENV_TYPES, days, tz
@@ -307,16 +318,21 @@ def put_unless_same(store, key: str, data: bytes) -> None:
     store.put(key, data)
 
 
+FROZEN_CAMERA_ROOM = "611"  # on the story day its camera sends its first frame all day
+
+
 def seed_images(store, days: list[dt.date]) -> tuple[int, int]:
     """Camera images per the contract's key layout; the last day also gets one corrupt upload
-    (a camera that lost power mid-write), so the failure path shows. Returns (images, corrupt)."""
-    count = 0
+    (a camera that lost power mid-write), so the failure path shows; on the story day one camera
+    is frozen (camera_health flags it). Returns (images, corrupt)."""
+    count, story = 0, demo_week(days).story
     for day in days:
         for room in ROOMS:
             for hour in IMAGE_HOURS:
                 stamp = f"{day:%Y%m%d}{hour:02d}0000"
+                frozen = day == story and room == FROZEN_CAMERA_ROOM
                 put_unless_same(store, f"{room}/{day:%Y%m%d}/{room}_cam1_{stamp}.jpg",
-                                demo_image(room, day, hour))
+                                demo_image(room, day, IMAGE_HOURS[0] if frozen else hour))
                 count += 1
     last = days[-1]
     whole = demo_image(ROOMS[0], last, 23)
