@@ -26,18 +26,17 @@ import time
 
 os.environ["MUSHROOM_CLIP_PRETRAINED"] = "random"
 
-from _common import RESOURCES  # noqa: E402
-
 import dagster as dg  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import RESOURCES  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 from mushroom_pipeline.definitions import model_resources, object_store_resource  # noqa: E402
-from mushroom_pipeline.images.decode import decode_image  # noqa: E402
 from mushroom_pipeline.defs.vision.embeddings import image_embeddings  # noqa: E402
-from mushroom_pipeline.images.encoder import ClipEncoderResource  # noqa: E402
 from mushroom_pipeline.defs.vision.manifest import image_manifest  # noqa: E402
+from mushroom_pipeline.images.decode import decode_image  # noqa: E402
+from mushroom_pipeline.images.encoder import ClipEncoderResource  # noqa: E402
 
 DAY = "2025-06-01"
 
@@ -80,7 +79,7 @@ def main() -> None:
                                decode_threads=model_resources()["clip_encoder"].decode_threads)
     resources = {**RESOURCES, "object_store": object_store_resource(), "clip_encoder": clip,
                  "describer": model_resources()["describer"]}
-    store = resources["object_store"].store()
+    store = resources["object_store"]
     blobs = [camera_jpeg(n, args.width, args.height) for n in range(args.images)]
     for n, data in enumerate(blobs):
         store.put(f"{601 + n % 4}/{DAY.replace('-', '')}/cam_{n:05d}.jpg", data)

@@ -12,25 +12,24 @@ import hashlib
 import time
 import tracemalloc
 
+import dagster as dg
 from _common import RESOURCES, median_seconds  # noqa: I001 (sets MUSHROOM_HOME first)
 
-import dagster as dg
-
 from mushroom_pipeline.defs.automation.requests import LOOKBACK_DAYS
+from mushroom_pipeline.defs.vision.manifest import image_manifest
 from mushroom_pipeline.defs.vision.sensors import (
     RESCAN_EVERY_S,
     days_with_new_images,
 )
-from mushroom_pipeline.objectstore import ObjectStoreResource
+from mushroom_pipeline.objectstore import LocalObjectStore, ObjectStore
 from mushroom_pipeline.settings import load_settings
-from mushroom_pipeline.defs.vision.manifest import image_manifest
 
 ROOMS = ("607", "608", "611", "612")
 MODEL = "ViT-B-32/random"
 
 
-def fill(resource: ObjectStoreResource, days: list[dt.date], per_day: int) -> None:
-    store = resource.store()
+def fill(resource: ObjectStore, days: list[dt.date], per_day: int) -> None:
+    store = resource
     for day in days:
         for n in range(per_day):
             room = ROOMS[n % len(ROOMS)]
@@ -39,9 +38,9 @@ def fill(resource: ObjectStoreResource, days: list[dt.date], per_day: int) -> No
             store.put(f"{room}/{day:%Y%m%d}/{room}_cam1_{stamp}_{n}.jpg", b"jpeg bytes %d" % n)
 
 
-def former_tick(resource: ObjectStoreResource, days: list[dt.date]) -> int:
+def former_tick(resource: ObjectStore, days: list[dt.date]) -> int:
     """The former sensor's listing: every room and day of the lookback, each file's MD5."""
-    store, count = resource.store(), 0
+    store, count = resource, 0
     for room in store.rooms():
         for day in days:
             for path in sorted((store.root / room / f"{day:%Y%m%d}").glob("*")):
@@ -78,7 +77,7 @@ def main() -> None:
     warehouse = RESOURCES["warehouse"]
     peaks = {}
     for filled in (3, len(days)):
-        resource = ObjectStoreResource(home=str(home), bucket=f"bench-{filled}-days")
+        resource = LocalObjectStore(home=str(home), bucket=f"bench-{filled}-days")
         began = time.perf_counter()
         fill(resource, days[:filled], args.images_per_day)
         result = dg.materialize([image_manifest], resources={**RESOURCES, "object_store": resource},
@@ -87,7 +86,7 @@ def main() -> None:
         assert result.success
         print(f"{filled} days × {args.images_per_day} images written and in the manifest in "
               f"{time.perf_counter() - began:.1f} s")
-        resource.store().put(f"607/{days[0]:%Y%m%d}/607_cam1_{days[0]:%Y%m%d}235959_new.jpg", b"new")
+        resource.put(f"607/{days[0]:%Y%m%d}/607_cam1_{days[0]:%Y%m%d}235959_new.jpg", b"new")
         tick = lambda: days_with_new_images(resource, warehouse, MODEL, now)  # noqa: E731
         peaks[filled] = peak_mib(tick)
         if filled == len(days):

@@ -15,7 +15,7 @@ from mushroom_pipeline.defs.automation.alerts import (
 )
 from mushroom_pipeline.images.describer import DescriberResource
 from mushroom_pipeline.images.encoder import DEFAULT_BATCH_SIZE, ClipEncoderResource
-from mushroom_pipeline.objectstore import ObjectStoreResource
+from mushroom_pipeline.objectstore import LocalObjectStore, ObjectStore, S3ObjectStore
 from mushroom_pipeline.partitions import SETTINGS
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.settings import ConfigurationError
@@ -27,17 +27,22 @@ def _env_var(variable: str) -> dg.EnvVar | None:
     return dg.EnvVar(variable) if os.environ.get(variable, "").strip() else None
 
 
-def object_store_resource() -> ObjectStoreResource:
+def object_store_resource() -> ObjectStore:
+    """S3 (MinIO or any S3 server) when MUSHROOM_MINIO_ENDPOINT is set, else the local folder
+    under MUSHROOM_HOME: two implementations of one resource type."""
     secure = os.environ.get("MUSHROOM_MINIO_SECURE", "false").strip().lower()
     if secure not in ("true", "false"):
         raise ConfigurationError(f"MUSHROOM_MINIO_SECURE={secure!r}: use true or false")
-    return ObjectStoreResource(
-        endpoint=_env_var("MUSHROOM_MINIO_ENDPOINT"),
+    bucket = os.environ.get("MUSHROOM_IMAGE_BUCKET", "").strip() or "mushroom-images"
+    endpoint = _env_var("MUSHROOM_MINIO_ENDPOINT")
+    if endpoint is None:
+        return LocalObjectStore(home=str(SETTINGS.home), bucket=bucket)
+    return S3ObjectStore(
+        endpoint=endpoint,
         access_key=_env_var("MUSHROOM_MINIO_ACCESS_KEY"),
         secret_key=_env_var("MUSHROOM_MINIO_SECRET_KEY"),
         secure=secure == "true",
-        bucket=os.environ.get("MUSHROOM_IMAGE_BUCKET", "").strip() or "mushroom-images",
-        home=str(SETTINGS.home),
+        bucket=bucket,
     )
 
 

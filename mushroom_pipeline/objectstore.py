@@ -8,13 +8,15 @@ last-modified), and what bytes an object holds. Image keys follow the contract:
 import datetime as dt
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from mushroom_pipeline.retries import UnavailableError
 
@@ -80,25 +82,52 @@ def safe_key(key: str) -> PurePosixPath:
     return path
 
 
-class LocalFolderStore:
-    """Objects as files under `root`. The etag is a change marker, `<size>-<mtime ns>` in hex:
-    listing reads no file's bytes (a sensor lists the store every few minutes)."""
+class ObjectStore(dg.ConfigurableResource, ABC):
+    """Camera images: one interface, two implementations (a local folder, an S3 bucket), as
+    Dagster's project_fully_featured puts its HNClient behind one. Assets ask for `ObjectStore`;
+    the code location picks the implementation from MUSHROOM_MINIO_ENDPOINT."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    bucket: str = Field(default="mushroom-images", description="MUSHROOM_IMAGE_BUCKET")
+
+    @abstractmethod
+    def objects(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Objects under `prefix` in key order, only keys after `start_after` (as S3 lists)."""
+
+    @abstractmethod
+    def rooms(self) -> list[str]:
+        """The top-level folders: one per room."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes; ObjectMissingError when it is gone."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None: ...
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files under `home`/objects/`bucket` (the embedded default). The etag is a
+    change marker, `<size>-<mtime ns>` in hex: listing reads no file's bytes (a sensor lists the
+    store every few minutes)."""
+
+    home: str = Field(default=".mushroom", description="MUSHROOM_HOME")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.home).absolute() / "objects" / self.bucket
 
     def objects(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
-        """Files under `prefix` in key order, only keys after `start_after` (as S3 lists); only
-        those are stat'ed."""
-        if not self.root.is_dir():
+        """Only the keys after `start_after` are stat'ed."""
+        root = self.root
+        if not root.is_dir():
             return
-        base = self.root / safe_key(prefix) if prefix else self.root
+        base = root / safe_key(prefix) if prefix else root
         keys = []
         for folder, _, files in os.walk(base):
-            relative = Path(folder).relative_to(self.root).as_posix()
+            relative = Path(folder).relative_to(root).as_posix()
             keys.extend(name if relative == "." else f"{relative}/{name}" for name in files)
         for key in sorted(k for k in keys if start_after is None or k > start_after):
-            path = self.root / key
+            path = root / key
             if path.is_symlink():
                 continue
             stat = path.stat()
@@ -110,10 +139,10 @@ class LocalFolderStore:
             )
 
     def rooms(self) -> list[str]:
-        """The top-level folders: one per room."""
-        if not self.root.is_dir():
+        root = self.root
+        if not root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink())
 
     def get(self, key: str) -> bytes:
         try:
@@ -127,38 +156,51 @@ class LocalFolderStore:
         path.write_bytes(data)
 
 
-class MinioStore:
-    """Objects in a bucket of MinIO or any S3 server, through the `minio` client."""
+class S3ObjectStore(ObjectStore):
+    """Objects in a bucket of MinIO or any S3 server, through the `minio` client. The client is
+    made, and the bucket checked, on first use: a store that cannot be reached fails the step
+    at once, naming the variables to fix."""
 
-    def __init__(self, endpoint: str, access_key: str | None, secret_key: str | None,
-                 secure: bool, bucket: str, timeout_s: float):
+    endpoint: str = Field(description="host:port (MUSHROOM_MINIO_ENDPOINT)")
+    access_key: str | None = None
+    secret_key: str | None = None
+    secure: bool = False
+    timeout_s: float = 5.0
+    _client: Any = PrivateAttr(default=None)
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._connected_client()
+        return self._client
+
+    def _connected_client(self):
         import urllib3
         from minio import Minio
 
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout_s, read=max(30.0, timeout_s)),
+            timeout=urllib3.Timeout(connect=self.timeout_s, read=max(30.0, self.timeout_s)),
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
         )
-        self.endpoint, self.bucket = endpoint, bucket
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
-                            secure=secure, http_client=http)
+        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
+                       secure=self.secure, http_client=http)
         try:
-            exists = self.client.bucket_exists(bucket)
+            exists = client.bucket_exists(self.bucket)
         except Exception as err:  # connection refused, timeout, TLS, credentials
             raise ObjectStoreUnavailableError(
-                f"Cannot reach the object store at {endpoint} (bucket {bucket!r}): "
+                f"Cannot reach the object store at {self.endpoint} (bucket {self.bucket!r}): "
                 f"{type(err).__name__}: {err}. Check the server, or fix MUSHROOM_MINIO_ENDPOINT "
                 "(and MUSHROOM_MINIO_ACCESS_KEY / _SECRET_KEY / _SECURE)."
             ) from None
         if not exists:
             raise ObjectStoreUnavailableError(
-                f"The object store at {endpoint} has no bucket {bucket!r}: "
+                f"The object store at {self.endpoint} has no bucket {self.bucket!r}: "
                 "fix MUSHROOM_IMAGE_BUCKET."
             )
+        return client
 
     def objects(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
-        """Objects under `prefix` in key order, only keys after `start_after` (S3's start-after:
-        the server skips the rest)."""
+        """The server skips the keys up to `start_after` (S3's start-after)."""
         for item in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True,
                                              start_after=start_after):
             if not item.is_dir:
@@ -191,21 +233,3 @@ class MinioStore:
         import io
 
         self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
-
-
-class ObjectStoreResource(dg.ConfigurableResource):
-    """Camera images. With no `endpoint`, the folder `home`/objects/`bucket`."""
-
-    endpoint: str | None = Field(default=None, description="host:port; unset → local folder")
-    access_key: str | None = None
-    secret_key: str | None = None
-    secure: bool = False
-    bucket: str = "mushroom-images"
-    home: str = ".mushroom"
-    timeout_s: float = 5.0
-
-    def store(self) -> LocalFolderStore | MinioStore:
-        if self.endpoint:
-            return MinioStore(self.endpoint, self.access_key, self.secret_key, self.secure,
-                              self.bucket, self.timeout_s)
-        return LocalFolderStore(Path(self.home).absolute() / "objects" / self.bucket)

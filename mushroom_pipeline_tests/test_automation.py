@@ -207,16 +207,16 @@ def test_a_late_setpoint_reruns_its_day_and_the_next_whose_baseline_it_changes(w
 
 def test_an_image_overwritten_twice_gets_a_new_run_key_each_time():
     from mushroom_pipeline.defs.vision.sensors import new_images_sensor
-    from mushroom_pipeline.objectstore import ObjectStoreResource
+    from mushroom_pipeline.objectstore import LocalObjectStore
     from mushroom_pipeline.settings import load_settings
 
-    store = ObjectStoreResource(home=str(load_settings().home), bucket="sensor-test-images")
+    store = LocalObjectStore(home=str(load_settings().home), bucket="sensor-test-images")
     day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     key = f"607/{day:%Y%m%d}/607_cam1_{day:%Y%m%d}080000.jpg"
     instance = dg.DagsterInstance.ephemeral()
     keys, cursor = [], None
     for content in (b"first shot", b"second shot", b"third shot"):
-        store.store().put(key, content)
+        store.put(key, content)
         result = sensor_tick(new_images_sensor, instance, cursor, object_store=store)
         cursor = result.cursor
         keys += [r.run_key for r in result.run_requests]
@@ -230,11 +230,10 @@ def test_the_new_images_tick_lists_after_the_manifest_and_one_day_in_full_in_tur
         RESCAN_EVERY_S,
         days_with_new_images,
     )
-    from mushroom_pipeline.objectstore import ObjectStoreResource
+    from mushroom_pipeline.objectstore import LocalObjectStore
     from mushroom_pipeline.settings import load_settings
 
-    resource = ObjectStoreResource(home=str(load_settings().home), bucket="tick-cost-images")
-    store = resource.store()
+    store = LocalObjectStore(home=str(load_settings().home), bucket="tick-cost-images")
     # noon: the ticks tried below (within 3 h) fall on the same date
     now = dt.datetime.combine(dt.datetime.now(dt.timezone.utc).date(), dt.time(12), dt.timezone.utc)
     day = now.date() - dt.timedelta(days=1)
@@ -245,20 +244,20 @@ def test_the_new_images_tick_lists_after_the_manifest_and_one_day_in_full_in_tur
     for hour in (8, 9):
         store.put(key("cam2", hour), b"shot")
     assert dg.materialize([image_manifest], partition_key=day.isoformat(), resources={
-        **database_resources(), "object_store": resource}).success
+        **database_resources(), "object_store": store}).success
     store.put(key("cam2", 10), b"a new shot")  # sorts after the manifest's last key
     store.put(key("cam1", 10), b"another camera's shot")  # sorts before it
     model = "ViT-B-32/random"
     # a tick whose day in full is another day: only what sorts after the manifest is listed
     other_day = next(now + dt.timedelta(seconds=RESCAN_EVERY_S * n) for n in range(0, 2)
                      if days_in_full(now + dt.timedelta(seconds=RESCAN_EVERY_S * n)) != day)
-    fast = days_with_new_images(resource, warehouse, model, other_day)
+    fast = days_with_new_images(store, warehouse, model, other_day)
     assert [k for k, _ in fast[day.isoformat()]] == [key("cam2", 10)]
     # the tick whose turn it is to list the day in full finds the other camera's shot too, and
     # the manifest's images, never embedded
     full_tick = next(now + dt.timedelta(seconds=RESCAN_EVERY_S * n) for n in range(0, 30)
                      if days_in_full(now + dt.timedelta(seconds=RESCAN_EVERY_S * n)) == day)
-    full = days_with_new_images(resource, warehouse, model, full_tick)
+    full = days_with_new_images(store, warehouse, model, full_tick)
     assert [k for k, _ in full[day.isoformat()]] == sorted(
         [key("cam1", 10), key("cam2", 8), key("cam2", 9), key("cam2", 10)])
 

@@ -11,9 +11,9 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from mushroom_pipeline.defs.environment.sensors import late_env_readings_sensor
 from mushroom_pipeline.definitions import database_resources
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.environment.sensors import late_env_readings_sensor
 from mushroom_pipeline.defs.setpoints.assets import setpoint_snapshots
 from mushroom_pipeline.defs.vision.embeddings import image_embeddings
 from mushroom_pipeline.defs.vision.manifest import image_manifest
@@ -99,7 +99,7 @@ def test_the_late_data_sensor_does_not_turn_a_purge_into_a_wipe(warehouse):
 def test_images_gone_from_the_store_keep_their_rows_and_an_emptied_day_fails(warehouse, tmp_path, tiny_clip):  # noqa: F811
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint)
-    store = res["object_store"].store()
+    store = res["object_store"]
     keys = [key("601", f"cam{n}") for n in range(3)]
     for n, k in enumerate(keys):
         store.put(k, photo(n))

@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mushroom_pipeline.objectstore import (
-    LocalFolderStore,
+    LocalObjectStore,
     ObjectInfo,
-    ObjectStoreResource,
     ObjectStoreUnavailableError,
+    S3ObjectStore,
     parse_image_key,
 )
 from mushroom_pipeline_tests.helpers import free_port
@@ -29,12 +29,11 @@ OBJECTS = {
 @pytest.fixture(params=["minio", "local"])
 def store(request, tmp_path):
     if request.param == "minio":
-        resource = ObjectStoreResource(
+        backend = S3ObjectStore(
             endpoint=request.getfixturevalue("s3_endpoint"), access_key="test", secret_key="test"
         )
     else:
-        resource = ObjectStoreResource(home=str(tmp_path))
-    backend = resource.store()
+        backend = LocalObjectStore(home=str(tmp_path))
     for key, data in OBJECTS.items():
         backend.put(key, data)
     return backend
@@ -45,7 +44,7 @@ def test_list_and_get_through_either_backend(store):
     assert set(listed) >= set(OBJECTS)
     info = listed["612/20251224/no_time.png"]
     assert info.size == len(b"png bytes")
-    if isinstance(store, LocalFolderStore):  # a change marker, no bytes read
+    if isinstance(store, LocalObjectStore):  # a change marker, no bytes read
         stat = (store.root / "612/20251224/no_time.png").stat()
         assert info.etag == f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
     else:
@@ -87,7 +86,7 @@ def test_capture_times_in_the_dst_hours_resolve_one_documented_way(stamp, utc):
 
 @pytest.mark.parametrize("key", ["../outside.jpg", "/etc/passwd", "612/../../x.jpg", "a\\..\\b.jpg", ""])
 def test_a_key_cannot_escape_the_local_folder(tmp_path, key):
-    backend = ObjectStoreResource(home=str(tmp_path / "home")).store()
+    backend = LocalObjectStore(home=str(tmp_path / "home"))
     with pytest.raises(ValueError, match="not a plain relative key"):
         backend.get(key)
     with pytest.raises(ValueError):
@@ -98,14 +97,14 @@ def test_a_key_cannot_escape_the_local_folder(tmp_path, key):
 def test_an_unreachable_object_store_fails_fast_naming_the_variable():
     started = time.monotonic()
     with pytest.raises(ObjectStoreUnavailableError, match="MUSHROOM_MINIO_ENDPOINT"):
-        ObjectStoreResource(endpoint=f"127.0.0.1:{free_port()}", timeout_s=2).store()
+        S3ObjectStore(endpoint=f"127.0.0.1:{free_port()}", timeout_s=2).rooms()
     assert time.monotonic() - started < 10
 
 
 def test_a_missing_bucket_names_its_variable(s3_endpoint):
     with pytest.raises(ObjectStoreUnavailableError, match="MUSHROOM_IMAGE_BUCKET"):
-        ObjectStoreResource(endpoint=s3_endpoint, access_key="test", secret_key="test",
-                            bucket="no-such-bucket").store()
+        S3ObjectStore(endpoint=s3_endpoint, access_key="test", secret_key="test",
+                      bucket="no-such-bucket").rooms()
 
 
 def test_image_manifest_lists_the_days_images_and_counts_the_rest(store, warehouse):
@@ -116,15 +115,11 @@ def test_image_manifest_lists_the_days_images_and_counts_the_rest(store, warehou
 
     from .helpers import query
 
-    class Given(ObjectStoreResource):
-        def store(self):  # the parametrized backend, already filled
-            return store
-
     store.put("612/20251225/next_day.jpg", b"another day")
     result = dg.materialize(
         [image_manifest],
         partition_key="2025-12-24",
-        resources={**database_resources(), "object_store": Given()},
+        resources={**database_resources(), "object_store": store},
     )
     assert result.success
     manifest = query(warehouse, "SELECT * FROM mushroom.image_manifest ORDER BY object_key")
@@ -134,7 +129,7 @@ def test_image_manifest_lists_the_days_images_and_counts_the_rest(store, warehou
     ]
     assert manifest["room"].tolist() == ["612", "612"]
     assert manifest["size"].tolist() == [len(b"jpeg bytes"), len(b"png bytes")]
-    if isinstance(store, LocalFolderStore):  # a change marker: size and mtime, no bytes read
+    if isinstance(store, LocalObjectStore):  # a change marker: size and mtime, no bytes read
         stats = [(store.root / k).stat() for k in manifest["object_key"]]
         assert manifest["etag"].tolist() == [f"{s.st_size:x}-{s.st_mtime_ns:x}" for s in stats]
     else:  # S3's etag of a simple upload: the MD5 of the bytes

@@ -25,19 +25,19 @@ import torch
 from PIL import Image
 
 from mushroom_pipeline import cli
-from mushroom_pipeline.defs.vision.sensors import new_images_sensor
-from mushroom_pipeline.defs.batches.assets import room_batches
-from mushroom_pipeline.defs.vision.checks import check_failure_rate
 from mushroom_pipeline.definitions import database_resources
+from mushroom_pipeline.defs.batches.assets import room_batches
 from mushroom_pipeline.defs.environment.assets import env_readings
-from mushroom_pipeline.objectstore import ObjectStoreResource
 from mushroom_pipeline.defs.setpoints.assets import setpoint_snapshots
-from mushroom_pipeline.images.describer import DescriberResource
-from mushroom_pipeline.images.decode import ImageRejected, decode_image
+from mushroom_pipeline.defs.vision.checks import check_failure_rate
 from mushroom_pipeline.defs.vision.embeddings import image_embeddings, prefetched
-from mushroom_pipeline.images.encoder import ClipEncoderResource
 from mushroom_pipeline.defs.vision.manifest import image_manifest
+from mushroom_pipeline.defs.vision.sensors import new_images_sensor
+from mushroom_pipeline.images.decode import ImageRejected, decode_image
+from mushroom_pipeline.images.describer import DescriberResource
+from mushroom_pipeline.images.encoder import ClipEncoderResource
 from mushroom_pipeline.images.search import nearest, stored_vector
+from mushroom_pipeline.objectstore import LocalObjectStore, S3ObjectStore
 
 from .helpers import (
     insert_readings,
@@ -90,7 +90,7 @@ def key(room: str, name: str, day: str = DAY, ext: str = "jpg") -> str:
 def resources(home, config, checkpoint, describer=None, **encoder) -> dict:
     return {
         **database_resources(),
-        "object_store": ObjectStoreResource(home=str(home)),
+        "object_store": LocalObjectStore(home=str(home)),
         "clip_encoder": ClipEncoderResource(architecture=str(config), pretrained=str(checkpoint),
                                             device="cpu", **{"batch_size": 3, "decode_threads": 2, **encoder}),
         "describer": DescriberResource(model=describer, device="cpu"),
@@ -131,7 +131,7 @@ def direct_forward(checkpoint, images: list[Image.Image]) -> np.ndarray:
 def test_embeddings_equal_open_clips_own_forward_pass(warehouse, tmp_path, tiny_clip):
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint)
-    store = res["object_store"].store()
+    store = res["object_store"]
     images = {key(room, f"cam{n}"): photo(10 * n + int(room)) for room in ("601", "612") for n in range(4)}
     images[key("612", "still", ext="png")] = photo(99, fmt="PNG")
     for k, data in images.items():
@@ -163,7 +163,7 @@ def test_embeddings_equal_open_clips_own_forward_pass(warehouse, tmp_path, tiny_
 def test_bad_images_become_failure_rows_never_a_crash_nor_a_silent_drop(warehouse, tmp_path, tiny_clip):
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint)
-    store = res["object_store"].store()
+    store = res["object_store"]
     good = photo(1)
     header = good[:len(good) // 2]
     huge = bytearray(photo(2, fmt="PNG"))  # a PNG whose header claims 20000 × 20000 pixels
@@ -239,7 +239,7 @@ def test_the_failure_rate_check_fires_above_ten_percent():
 def test_a_rerun_skips_unchanged_images_and_a_model_change_embeds_again(warehouse, tmp_path, tiny_clip):
     config, (first, second) = tiny_clip
     res = resources(tmp_path, config, first)
-    store = res["object_store"].store()
+    store = res["object_store"]
     for n in range(4):
         store.put(key("601", f"cam{n}"), photo(n))
     run(res)
@@ -264,7 +264,7 @@ def test_a_rerun_skips_unchanged_images_and_a_model_change_embeds_again(warehous
 def test_search_finds_an_image_first_for_its_own_vector(warehouse, tmp_path, tiny_clip):
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint)
-    store = res["object_store"].store()
+    store = res["object_store"]
     for day in (DAY, "2025-12-25"):
         for n in range(5):
             store.put(key("601", f"cam{n}", day), photo(n + (0 if day == DAY else 50)))
@@ -293,7 +293,7 @@ def test_trimmed_text_encoding_equals_open_clips_encode_text(tiny_clip):
 def test_random_weights_are_flagged(warehouse, tmp_path, tiny_clip):
     config, _ = tiny_clip
     res = resources(tmp_path, config, "random")
-    res["object_store"].store().put(key("601", "cam"), photo(1))
+    res["object_store"].put(key("601", "cam"), photo(1))
     meta = materialized(run(res))
     assert meta["model"] == "mushroom-tiny/random" and meta["weights"].startswith("RANDOM")
 
@@ -310,7 +310,7 @@ def test_the_describer_and_environment_context_feed_the_fused_vector(warehouse, 
     ])
     run(res, assets=[env_readings])
     data = photo(8)
-    res["object_store"].store().put(key("601", "cam"), data)
+    res["object_store"].put(key("601", "cam"), data)
     result = run(res)
 
     row = stored(warehouse).iloc[0]
@@ -349,7 +349,7 @@ def test_the_context_sentence_carries_the_rooms_growth_day(warehouse, tmp_path, 
     insert_setpoints(warehouse, batch_info("601", f"{DAY} 06:00", dt.date(2025, 12, 12), 12))
     insert_readings(warehouse, [("601", "temperature_c", 17.46, f"{DAY} 12:01:00+00")])
     run(res, assets=[env_readings, setpoint_snapshots, room_batches])
-    store = res["object_store"].store()
+    store = res["object_store"]
     store.put(key("601", "cam"), photo(1))
     store.put(key("612", "cam"), photo(2))  # no batch device, no readings
     run(res)
@@ -378,7 +378,7 @@ def batch_history(warehouse, tmp_path, tiny_clip):
     ])
     images = {("601", DAY): 5, ("612", DAY): 2, ("601", D2): 3}
     keys = {}
-    store = res["object_store"].store()
+    store = res["object_store"]
     for (room, day), count in images.items():
         keys[room, day] = [key(room, f"cam{n}", day) for n in range(count)]
         for n, k in enumerate(keys[room, day]):
@@ -498,7 +498,7 @@ def _tiny_describer(folder) -> object:
 def test_the_new_images_sensor_requests_days_with_images_not_yet_embedded(warehouse, tmp_path, tiny_clip):
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint)
-    store = res["object_store"].store()
+    store = res["object_store"]
     today = dt.datetime.now(dt.timezone.utc).date()
     days = [(today - dt.timedelta(days=n)).isoformat() for n in (2, 1)]
     for day in days:
@@ -529,9 +529,9 @@ def test_the_minio_backend_feeds_the_embeddings(warehouse, tmp_path, tiny_clip, 
     # moto keeps one S3 state per process: a bucket of its own keeps other tests' objects out.
     Minio(s3_endpoint, access_key="test", secret_key="test", secure=False).make_bucket("vision")
     res = resources(tmp_path, config, checkpoint)
-    res["object_store"] = ObjectStoreResource(endpoint=s3_endpoint, access_key="test",
+    res["object_store"] = S3ObjectStore(endpoint=s3_endpoint, access_key="test",
                                               secret_key="test", bucket="vision")
-    store = res["object_store"].store()
+    store = res["object_store"]
     store.put(key("611", "cam"), photo(1))
     store.put(key("611", "broken"), b"\xff\xd8 not really a jpeg")
     meta = materialized(run(res))
@@ -541,7 +541,7 @@ def test_the_minio_backend_feeds_the_embeddings(warehouse, tmp_path, tiny_clip, 
 def test_a_model_of_another_dimension_fails_clearly(warehouse, tmp_path, tiny_clip):
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint)
-    res["object_store"].store().put(key("601", "cam"), photo(1))
+    res["object_store"].put(key("601", "cam"), photo(1))
     run(res)
     wide = tmp_path / "mushroom-wide.json"
     wide.write_text(json.dumps({**TINY, "embed_dim": 24}))
@@ -567,7 +567,7 @@ def test_a_run_killed_mid_day_keeps_its_vectors_and_the_retry_embeds_only_the_re
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint, batch_size=2, chunk_images=4)
     run(res, "2025-12-20")  # a day without images: the tables exist, the trigger can go on them
-    store = res["object_store"].store()
+    store = res["object_store"]
     images = {key("607", f"cam{n:02d}"): photo(n) for n in range(20)}
     for k, data in images.items():
         store.put(k, data)
@@ -617,7 +617,7 @@ def _encoded(image: Image.Image, fmt: str) -> bytes:
 def test_limits_apply_before_the_work(warehouse, tmp_path, tiny_clip):
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint, max_image_mb=1)
-    store = res["object_store"].store()
+    store = res["object_store"]
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (800, 1000, 3), dtype=np.uint8))
     big = _encoded(noise, "PNG")
     assert len(big) > 2**20  # a real PNG the decoder would read: rejected by its size alone

@@ -111,7 +111,7 @@ def materialize_demo(defs, resources, settings: Settings, days: int, random_weig
     demo_days = days_ending(yesterday, days)
     readings = seed_env_readings(source.get_engine(), demo_days, settings.tz)
     snapshots = seed_setpoints(source.get_engine(), demo_days, settings.tz)
-    images, corrupt = seed_images(resources.object_store.store(), demo_days)
+    images, corrupt = seed_images(resources.object_store, demo_days)
     print(f"Demo farm: {readings} readings, {snapshots} setpoint snapshots, {images} camera "
           f"images (+{corrupt} corrupt upload) for {demo_days[0]} … {demo_days[-1]} "
           f"({settings.timezone})")

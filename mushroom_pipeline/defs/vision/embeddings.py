@@ -34,7 +34,7 @@ from mushroom_pipeline.images.context import environment_context
 from mushroom_pipeline.images.decode import DecodedImage, ImageRejected, decode_image
 from mushroom_pipeline.images.describer import Describer, DescriberResource
 from mushroom_pipeline.images.encoder import ClipEncoder, ClipEncoderResource
-from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStoreResource
+from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStore
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import CLIP_POOL, TRANSIENT_RETRY, UnavailableError
@@ -360,7 +360,7 @@ def image_embeddings(
     context: dg.AssetExecutionContext,
     clip_encoder: ClipEncoderResource,
     describer: DescriberResource,
-    object_store: ObjectStoreResource,
+    object_store: ObjectStore,
     warehouse: PostgresResource,
     farm_catalog: FarmCatalogResource,
 ):
@@ -421,7 +421,7 @@ def image_embeddings(
                     copy_frame(conn, failures_table, failed, column_types(FAILURES_SCHEMA))
             embedded += len(chunk)
 
-        embedder = ImageEmbedder(object_store.store(), encoder, describe, clip_encoder, context.log)
+        embedder = ImageEmbedder(object_store, encoder, describe, clip_encoder, context.log)
         embedder.run(images_to_embed(warehouse, window, model, clip_encoder.chunk_images), todo, write)
         elapsed = time.perf_counter() - started
         outcome = _swap_in(warehouse, window, model, failures_table)

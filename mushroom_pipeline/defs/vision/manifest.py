@@ -10,7 +10,7 @@ from mushroom_pipeline.defs.sources import CAMERA_IMAGES
 from mushroom_pipeline.defs.vision import OWNERS, TAGS
 from mushroom_pipeline.objectstore import (
     ImageObject,
-    ObjectStoreResource,
+    ObjectStore,
     parse_image_key,
 )
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
@@ -117,12 +117,12 @@ def keep_gone_images(
 def image_manifest(
     context: dg.AssetExecutionContext,
     config: SourceWindowConfig,
-    object_store: ObjectStoreResource,
+    object_store: ObjectStore,
     warehouse: PostgresResource,
 ):
     window = context.partition_time_window
     days = window_days(window)
-    images, ignored = list_images(object_store.store(), days)
+    images, ignored = list_images(object_store, days)
     listed = pd.DataFrame(
         [dataclasses.asdict(image) for image in images],
         columns=["day", "room", "key", "etag", "size", "captured_at"],

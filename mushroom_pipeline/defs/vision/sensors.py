@@ -16,7 +16,7 @@ from mushroom_pipeline.defs.sources import CAMERA_IMAGES, observation
 from mushroom_pipeline.images.encoder import ClipEncoderResource
 from mushroom_pipeline.objectstore import (
     ImageObject,
-    ObjectStoreResource,
+    ObjectStore,
     parse_image_key,
 )
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
@@ -52,7 +52,7 @@ def _handled_images(warehouse: PostgresResource, model: str, keys: list[str]) ->
 
 
 def days_with_new_images(
-    object_store: ObjectStoreResource, warehouse: PostgresResource, model: str, now: dt.datetime
+    object_store: ObjectStore, warehouse: PostgresResource, model: str, now: dt.datetime
 ) -> dict[str, list[tuple[str, str]]]:
     """{day: sorted new (key, etag)} over the lookback, newest day first.
 
@@ -65,7 +65,7 @@ def days_with_new_images(
     days = [today - dt.timedelta(days=n) for n in range(LOOKBACK_DAYS + 1)]
     in_full = days[int(now.timestamp() // RESCAN_EVERY_S) % len(days)]
     known = _last_known_keys(warehouse, days[-1])
-    store = object_store.store()
+    store = object_store
     listed: list[ImageObject] = []
     for room in store.rooms():
         for day in days:
@@ -92,7 +92,7 @@ def days_with_new_images(
 )
 def new_images_sensor(
     context: dg.SensorEvaluationContext,
-    object_store: ObjectStoreResource,
+    object_store: ObjectStore,
     warehouse: PostgresResource,
     clip_encoder: ClipEncoderResource,
     alert_webhook: AlertWebhookResource,
