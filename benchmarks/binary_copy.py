@@ -17,8 +17,8 @@ the same run, alternating:
 Each: from the frame to the committed rows. Reported: median seconds, rows/s, and the ratio.
 Decision rule: psycopg 3's COPY would replace the hand-encoded one only if it is as fast or
 faster. It is (1.03-1.71x the rows/s over five runs of 20,000 rows on a busy 2-core machine),
-but it needs psycopg 3 as the driver (the project's is psycopg2): not taken, this only measures. psycopg 3 is not a project dependency:
-`pip install "psycopg[binary]"` to run this.
+but it needs psycopg 3 as the driver (the project's is psycopg2): not taken, this only measures.
+psycopg 3 is not a project dependency: `pip install "psycopg[binary]"` to run this.
 """
 
 import argparse
