@@ -23,7 +23,7 @@ from _common import RESOURCES
 from dagster._core.storage.db_io_manager import TableSlice
 
 from mushroom_pipeline.defs.vision.embeddings import EMBEDDING_INDEXES
-from mushroom_pipeline.images.search import nearest, vector_literal
+from mushroom_pipeline.images.search import nearest, register_vectors
 from mushroom_pipeline.warehouse.io_manager import replace_table_slice
 
 MODEL = "bench/clustered"
@@ -37,10 +37,10 @@ def mixture(count: int, dim: int, centres: np.ndarray, spread: float, rng) -> np
 
 def exact(conn, vector: np.ndarray, k: int) -> list[str]:
     conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
-    rows = conn.exec_driver_sql(
+    rows = register_vectors(conn).exec_driver_sql(
         "SELECT object_key FROM mushroom.image_embeddings WHERE model = %s "
         "ORDER BY embedding <=> %s::vector LIMIT %s",
-        (MODEL, vector_literal(vector), k),
+        (MODEL, vector, k),
     )
     return [r[0] for r in rows]
 

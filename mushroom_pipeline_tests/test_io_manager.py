@@ -191,7 +191,7 @@ def test_frames_with_vectors_round_trip_through_binary_copy(warehouse):
     from mushroom_pipeline.warehouse.io_manager import replace_table_slice
 
     types = {"day": "date", "at": "timestamptz", "name": "text", "n": "bigint", "k": "integer",
-             "x": "double precision", "ok": "boolean", "v": "vector"}
+             "x": "double precision", "ok": "boolean", "v": "vector", "w": "vector"}
     frame = pd.DataFrame({
         "day": [dt.date(2026, 1, 13), None],
         "at": pd.to_datetime(["2026-01-13 10:00:00.123456+08:00", None], utc=True, format="ISO8601"),
@@ -201,15 +201,18 @@ def test_frames_with_vectors_round_trip_through_binary_copy(warehouse):
         "x": [1.5, None],
         "ok": pd.array([True, None], dtype="boolean"),
         "v": [np.array([0.25, -1e-7, 3.4e38], np.float32), np.array([0, 1, 2], np.float32)],
+        "w": [np.array([np.pi, 1e-45], np.float32), None],
     })
     written = replace_table_slice(warehouse, TableSlice(table="vectors", schema="mushroom"), frame, types)
     assert written == 2
     database = resources()[1]
     with database.begin() as conn:
         back = read_frame(conn, "SELECT * FROM mushroom.vectors ORDER BY n NULLS LAST",
-                          {**types, "v": "vector(3)"})
+                          {**types, "v": "vector(3)", "w": "vector(2)"})
     assert back.loc[0, ["day", "name", "n", "k", "x", "ok"]].tolist() == [
         dt.date(2026, 1, 13), "caps 'é'", 2**62 + 1, -320, 1.5, True]
     assert back.loc[0, "at"] == pd.Timestamp("2026-01-13 02:00:00.123456", tz="UTC")
     assert back.loc[1, ["day", "name", "n", "k", "x", "ok", "at"]].isna().all()
     np.testing.assert_array_equal(np.stack(back["v"]), np.stack(frame["v"]))
+    assert back.loc[0, "w"].dtype == np.float32 and pd.isna(back.loc[1, "w"])
+    np.testing.assert_array_equal(back.loc[0, "w"], frame.loc[0, "w"])

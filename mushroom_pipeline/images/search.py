@@ -2,6 +2,8 @@
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
+from pgvector.psycopg2 import register_vector
 
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.warehouse.sql import table_exists
@@ -13,8 +15,14 @@ BATCHES_TABLE = "mushroom.room_batches"
 EF_SEARCH = 100
 
 
-def vector_literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+def register_vectors(connection: sa.Connection) -> sa.Connection:
+    """pgvector's psycopg2 adapter: numpy arrays go in as vectors, vectors come out as
+    `pgvector.Vector`. Registering looks the type's oid up, so once per DBAPI connection (the
+    pool keeps `info` with it); the parameter adapter is global in psycopg2 whatever the scope."""
+    if "pgvector" not in connection.info:
+        register_vector(connection.connection.dbapi_connection)
+        connection.info["pgvector"] = True
+    return connection
 
 
 def nearest(
@@ -55,8 +63,9 @@ def nearest(
             "WHERE growth_day BETWEEN %(first_growth_day)s AND %(last_growth_day)s)"
         )
         params["first_growth_day"], params["last_growth_day"] = growth_days
-    params["vector"] = vector_literal(vector)
+    params["vector"] = vector
     with warehouse.begin() as conn:
+        register_vectors(conn)
         batches = table_exists(conn, BATCHES_TABLE)
         if growth_days and not batches:
             raise LookupError(f"{BATCHES_TABLE} does not exist: materialize room_batches first")
@@ -88,10 +97,10 @@ def nearest(
 def stored_vector(warehouse: PostgresResource, object_key: str, model: str) -> tuple[np.ndarray, str]:
     """An embedded image's vector and day, for "similar historical cases"."""
     with warehouse.begin() as conn:
-        row = conn.exec_driver_sql(
-            f"SELECT embedding::text, day FROM {TABLE} WHERE object_key = %s AND model = %s",
+        row = register_vectors(conn).exec_driver_sql(
+            f"SELECT embedding, day FROM {TABLE} WHERE object_key = %s AND model = %s",
             (object_key, model),
         ).first()
     if row is None:
         raise LookupError(f"{object_key} has no embedding by {model}: materialize its day first")
-    return np.array(row[0][1:-1].split(","), dtype=np.float32), row[1].isoformat()
+    return row[0].to_numpy(), row[1].isoformat()

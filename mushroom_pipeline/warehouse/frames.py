@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from pgvector import Vector
 
 from mushroom_pipeline.warehouse.sql import quote_ident
 
@@ -113,6 +114,11 @@ def read_frame(connection: sa.Connection, query: str, types: Mapping[str, str]) 
             selects.append(
                 f"(extract(epoch FROM {quote_ident(name)}) * 1000000)::bigint AS {quote_ident(name)}"
             )
+        elif pg_type.startswith("vector"):
+            # pgvector's binary form (float4 bytes) as hex, decoded by pgvector-python: exact, no
+            # decimal text to parse, and in the one CSV COPY (binary COPY out would need a
+            # decoder for every other type too: psycopg2 has none).
+            selects.append(f"encode(vector_send({quote_ident(name)}), 'hex') AS {quote_ident(name)}")
         else:
             selects.append(quote_ident(name))
     buffer = io.StringIO()
@@ -145,6 +151,6 @@ def read_frame(connection: sa.Connection, query: str, types: Mapping[str, str]) 
             frame[name] = column.map({"t": True, "f": False})
         elif pg_type.startswith("vector"):
             frame[name] = column.map(
-                lambda v: np.array(v[1:-1].split(","), dtype=np.float32), na_action="ignore"
+                lambda v: Vector.from_binary(bytes.fromhex(v)).to_numpy(), na_action="ignore"
             )
     return frame
