@@ -4,10 +4,13 @@ a day with a single reading, a day boundary, today's open day; a frozen camera (
 under several keys), a varied one, and a camera whose second day looks different."""
 
 import datetime as dt
+import io
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
+from PIL import Image
 
 from mushroom_pipeline.definitions import database_resources
 from mushroom_pipeline.defs.environment.assets import env_readings
@@ -16,8 +19,13 @@ from mushroom_pipeline.defs.environment.health import (
     STUCK_AFTER_MIN,
     sensor_health,
 )
+from mushroom_pipeline.defs.vision import health as vision_health
+from mushroom_pipeline.defs.vision.embeddings import image_embeddings
+from mushroom_pipeline.defs.vision.health import camera_health
+from mushroom_pipeline.defs.vision.manifest import image_manifest
 
 from .helpers import insert_readings, query, range_tags
+from .test_vision import direct_forward, photo, resources, tiny_clip  # noqa: F401 (a fixture)
 
 DAY1, DAY2 = "2026-03-02", "2026-03-03"
 
@@ -172,3 +180,150 @@ def test_todays_last_gap_runs_until_now(warehouse):
     gap = actual.loc[0, "longest_gap_min"]
     assert (now - today).total_seconds() / 60 <= gap <= (after - today).total_seconds() / 60
     assert actual.loc[0, "longest_gap_start"] == today
+
+
+# --- camera_health -------------------------------------------------------------------------------
+
+CAMERA_DAYS = ("2025-12-24", "2025-12-25")
+HOURS = (8, 10, 12, 14, 16)
+# Key names sort in another order than capture times: frames are taken in capture order.
+PREFIXES = "acebd"
+
+
+def tinted(seed: int, top=(255, 255, 60), size=(48, 40)) -> bytes:
+    """Noise in a yellow cast: another scene, for the tiny model."""
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((size[1], size[0], 3)) * np.array(top)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def camera_key(room: str, day: str, index: int) -> str:
+    stamp = f"{day.replace('-', '')}{HOURS[index]:02d}0000"
+    return f"{room}/{day.replace('-', '')}/{PREFIXES[index]}_{room}_{stamp}.jpg"
+
+
+def camera_images() -> dict[tuple[str, str], list[bytes]]:
+    """{(day, room): frames in capture order}."""
+    first, second = CAMERA_DAYS
+    frozen = photo(50)
+    return {
+        (first, "601"): [photo(s) for s in range(1, 5)],
+        (second, "601"): [photo(s) for s in range(11, 16)],  # the same scene, other shots
+        (first, "602"): [photo(s) for s in range(21, 25)],
+        # one frame sent three times in a row: 2 of 4 pairs near duplicates (in key order: none)
+        (second, "602"): [frozen, frozen, frozen, photo(51), photo(52)],
+        (first, "603"): [photo(s) for s in range(31, 35)],
+        (second, "603"): [tinted(s) for s in range(200, 205)],  # another scene: moved
+    }
+
+
+def independent_camera_health(images: dict, checkpoint) -> pd.DataFrame:
+    """The definitions with NumPy on open_clip's own forward pass and PIL's pixels."""
+    vectors = {group: direct_forward(checkpoint, [Image.open(io.BytesIO(b)).convert("RGB")
+                                                  for b in frames]).astype(np.float64)
+               for group, frames in images.items()}
+    rows = []
+    for (day, room), frames in images.items():
+        v = vectors[(day, room)]
+        cos = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(v, v[1:])]
+        previous = vectors.get((str(dt.date.fromisoformat(day) - dt.timedelta(days=1)), room))
+        shift = (np.nan if previous is None else 1 - (v.mean(0) @ previous.mean(0)) / np.linalg.norm(
+            v.mean(0)) / np.linalg.norm(previous.mean(0)))
+        luma = [(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=np.float64)
+                 * [0.299, 0.587, 0.114]).sum(axis=2).mean() for b in frames]
+        rows.append({"day": dt.date.fromisoformat(day), "room": room, "images": len(frames),
+                     "mean_luminance": np.mean(luma),
+                     "near_duplicate_pairs": int(sum(c >= 0.995 for c in cos)),
+                     "near_duplicate_share": np.mean([c >= 0.995 for c in cos]),
+                     "mean_shift_from_previous_day": shift})
+    return pd.DataFrame(rows).sort_values(["day", "room"]).reset_index(drop=True)
+
+
+def stored_camera_health(warehouse) -> pd.DataFrame:
+    return query(warehouse, "SELECT * FROM mushroom.camera_health ORDER BY day, room")
+
+
+def camera_check(result) -> dg.AssetCheckEvaluation:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations()
+                     if e.check_name == "no_frozen_or_moved_cameras"]
+    return evaluation
+
+
+VISION = [image_manifest, image_embeddings, camera_health]
+
+
+def test_camera_health_matches_numpy_and_its_check_names_frozen_and_moved_cameras(
+        warehouse, tmp_path, tiny_clip, monkeypatch):
+    # The tiny random model compresses distances: the same scene shifts ~0.007, another ~0.04
+    # (a pretrained CLIP: hundredths against tenths, hence 0.15 in production).
+    monkeypatch.setattr(vision_health, "MOVED_AFTER_DISTANCE", 0.02)
+    config, (checkpoint, _) = tiny_clip
+    res = resources(tmp_path, config, checkpoint)
+    store = res["object_store"].store()
+    images = camera_images()
+    for (day, room), frames in images.items():
+        for index, data in enumerate(frames):
+            store.put(camera_key(room, day, index), data)
+
+    first = dg.materialize(VISION, partition_key=CAMERA_DAYS[0], resources=res)
+    assert camera_check(first).passed  # no previous day: no shift; no frozen camera
+    second = dg.materialize(VISION, partition_key=CAMERA_DAYS[1], resources=res)
+    actual = stored_camera_health(warehouse)
+    expected = independent_camera_health(images, checkpoint)
+
+    assert actual[["day", "room", "images", "near_duplicate_pairs"]].values.tolist() == \
+        expected[["day", "room", "images", "near_duplicate_pairs"]].values.tolist()
+    np.testing.assert_allclose(actual["near_duplicate_share"], expected["near_duplicate_share"])
+    np.testing.assert_allclose(actual["mean_shift_from_previous_day"],
+                               expected["mean_shift_from_previous_day"], atol=1e-5)
+    np.testing.assert_allclose(actual["mean_luminance"], expected["mean_luminance"], atol=1e-9)
+    assert (actual["luminance_images"] == actual["images"]).all()
+    assert (actual["luminance_skipped"] == 0).all()
+    assert actual["model"].str.match(r"^mushroom-tiny/file:tiny-1\.pt@").all()
+    row = actual.set_index(["day", "room"])
+    day2 = dt.date.fromisoformat(CAMERA_DAYS[1])
+    assert row.loc[(day2, "602"), "near_duplicate_share"] == 0.5  # capture order, not key order
+    assert row.loc[(day2, "601"), "mean_shift_from_previous_day"] < 0.02
+    assert row.loc[(day2, "603"), "mean_shift_from_previous_day"] > 0.02
+    assert row.loc[(day2, "601"), "first_captured_at"] == pd.Timestamp(f"{CAMERA_DAYS[1]} 08:00", tz="UTC")
+    assert row.loc[(day2, "601"), "last_captured_at"] == pd.Timestamp(f"{CAMERA_DAYS[1]} 16:00", tz="UTC")
+
+    evaluation = camera_check(second)
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.description == "frozen: 602; moved or blocked: 603"
+    assert [(f["day"], f["room"]) for f in evaluation.metadata["frozen"].value] == [
+        (CAMERA_DAYS[1], "602")]
+    assert [(m["day"], m["room"]) for m in evaluation.metadata["moved"].value] == [
+        (CAMERA_DAYS[1], "603")]
+
+    # Both days as one range run (the previous day's means from the run itself): the same rows.
+    dg.materialize([camera_health], resources=res, tags=range_tags(*CAMERA_DAYS))
+    pd.testing.assert_frame_equal(stored_camera_health(warehouse), actual)
+
+    # An image overwritten with bytes that are no image: skipped and counted, its vector kept.
+    store.put(camera_key("601", CAMERA_DAYS[1], 0), b"not an image any more")
+    dg.materialize([camera_health], partition_key=CAMERA_DAYS[1], resources=res)
+    again = stored_camera_health(warehouse).set_index(["day", "room"]).loc[(day2, "601")]
+    assert (again["images"], again["luminance_images"], again["luminance_skipped"]) == (5, 4, 1)
+    luma = expected.set_index(["day", "room"])
+    frames = images[(CAMERA_DAYS[1], "601")][1:]
+    np.testing.assert_allclose(again["mean_luminance"], np.mean([
+        (np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=np.float64)
+         * [0.299, 0.587, 0.114]).sum(axis=2).mean() for b in frames]), atol=1e-9)
+    assert again["mean_shift_from_previous_day"] == pytest.approx(
+        luma.loc[(day2, "601"), "mean_shift_from_previous_day"], abs=1e-5)
+
+
+def test_the_camera_check_thresholds_for_a_pretrained_clip():
+    day = dt.date(2025, 12, 25)
+    health = pd.DataFrame({
+        "day": [day] * 5, "room": ["a", "b", "c", "d", "e"], "images": [3, 3, 1, 3, 3],
+        "near_duplicate_share": [0.5, 0.49, np.nan, 0.0, 0.0],
+        "mean_shift_from_previous_day": [0.0, 0.0, np.nan, 0.15, 0.149],
+    })
+    evaluation = vision_health.check_cameras(health)
+    assert evaluation.description == "frozen: a; moved or blocked: d"
+    assert evaluation.metadata["moved_after_distance"].value == 0.15
+    assert vision_health.check_cameras(health.iloc[[1, 2, 4]]).passed
