@@ -5,6 +5,7 @@ under several keys), a varied one, and a camera whose second day looks different
 
 import datetime as dt
 import io
+import itertools
 
 import dagster as dg
 import numpy as np
@@ -24,8 +25,11 @@ from mushroom_pipeline.defs.vision.embeddings import image_embeddings
 from mushroom_pipeline.defs.vision.health import camera_health
 from mushroom_pipeline.defs.vision.manifest import image_manifest
 
+from . import test_vision
 from .helpers import insert_readings, query, range_tags
-from .test_vision import direct_forward, photo, resources, tiny_clip  # noqa: F401 (a fixture)
+from .test_vision import direct_forward, photo, resources
+
+tiny_clip = test_vision.tiny_clip  # the tiny CLIP fixture (module scope): configs and checkpoints
 
 DAY1, DAY2 = "2026-03-02", "2026-03-03"
 
@@ -69,7 +73,7 @@ def independent_health(rows: list[tuple], now: pd.Timestamp) -> pd.DataFrame:
         start = pd.Timestamp(day, tz="UTC")
         end = max(min(start + pd.Timedelta(days=1), now), times[-1])
         edges = [start, *times, end]
-        gaps = [b - a for a, b in zip(edges, edges[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(edges)]
         longest = int(np.argmax(gaps))  # the first of the longest
         runs = (group["value"] != group["value"].shift()).cumsum()
         spans = group.groupby(runs).agg(first=("measured_at", "min"), last=("measured_at", "max"),
@@ -227,7 +231,7 @@ def independent_camera_health(images: dict, checkpoint) -> pd.DataFrame:
     rows = []
     for (day, room), frames in images.items():
         v = vectors[(day, room)]
-        cos = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(v, v[1:])]
+        cos = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in itertools.pairwise(v)]
         previous = vectors.get((str(dt.date.fromisoformat(day) - dt.timedelta(days=1)), room))
         shift = (np.nan if previous is None else 1 - (v.mean(0) @ previous.mean(0)) / np.linalg.norm(
             v.mean(0)) / np.linalg.norm(previous.mean(0)))
@@ -307,13 +311,13 @@ def test_camera_health_matches_numpy_and_its_check_names_frozen_and_moved_camera
     dg.materialize([camera_health], partition_key=CAMERA_DAYS[1], resources=res)
     again = stored_camera_health(warehouse).set_index(["day", "room"]).loc[(day2, "601")]
     assert (again["images"], again["luminance_images"], again["luminance_skipped"]) == (5, 4, 1)
-    luma = expected.set_index(["day", "room"])
+    by_group = expected.set_index(["day", "room"])
     frames = images[(CAMERA_DAYS[1], "601")][1:]
     np.testing.assert_allclose(again["mean_luminance"], np.mean([
         (np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=np.float64)
          * [0.299, 0.587, 0.114]).sum(axis=2).mean() for b in frames]), atol=1e-9)
     assert again["mean_shift_from_previous_day"] == pytest.approx(
-        luma.loc[(day2, "601"), "mean_shift_from_previous_day"], abs=1e-5)
+        by_group.loc[(day2, "601"), "mean_shift_from_previous_day"], abs=1e-5)
 
 
 def test_the_camera_check_thresholds_for_a_pretrained_clip():
@@ -327,3 +331,15 @@ def test_the_camera_check_thresholds_for_a_pretrained_clip():
     assert evaluation.description == "frozen: a; moved or blocked: d"
     assert evaluation.metadata["moved_after_distance"].value == 0.15
     assert vision_health.check_cameras(health.iloc[[1, 2, 4]]).passed
+
+
+def test_days_without_readings_or_images_materialize_empty_and_pass(warehouse, tmp_path, tiny_clip):
+    config, (checkpoint, _) = tiny_clip
+    sensors = dg.materialize([env_readings, sensor_health], partition_key=DAY1,
+                             resources=database_resources())
+    # no image ever: not even mushroom.image_embeddings exists
+    cameras = dg.materialize([camera_health], partition_key=CAMERA_DAYS[0],
+                             resources=resources(tmp_path, config, checkpoint))
+    assert health_check(sensors).passed and camera_check(cameras).passed
+    assert query(warehouse, "SELECT count(*) AS n FROM mushroom.sensor_health")["n"][0] == 0
+    assert query(warehouse, "SELECT count(*) AS n FROM mushroom.camera_health")["n"][0] == 0

@@ -26,7 +26,11 @@ from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
 from mushroom_pipeline.warehouse.frames import read_frame
 from mushroom_pipeline.warehouse.sql import PostgresRelation
-from mushroom_pipeline.warehouse.tables import column_schema, column_types, markdown_preview
+from mushroom_pipeline.warehouse.tables import (
+    column_schema,
+    column_types,
+    markdown_preview,
+)
 
 SILENT_AFTER_MIN = 180  # a gap this long (3 h) or longer: silent (as sensors_reporting's 3 h)
 STUCK_AFTER_MIN = 360  # the same value this long (6 h) or longer: stuck
@@ -39,13 +43,14 @@ SENSOR_HEALTH_SCHEMA = column_schema(
     ("first_at", "timestamptz", "the day's first reading"),
     ("last_at", "timestamptz", "the day's last reading"),
     ("longest_gap_min", "double precision",
-     "longest time without a reading, in minutes: between consecutive readings, from the day's "
-     "start to the first, from the last to the day's end (or now, while the day is not over)"),
+     ("longest time without a reading, in minutes: between consecutive readings, from the "
+      "day's start to the first, from the last to the day's end (or now, while the day is not "
+      "over)")),
     ("longest_gap_start", "timestamptz",
      "when that gap began: the reading before it, or the day's start"),
     ("longest_flatline_min", "double precision",
-     "longest run of consecutive readings with exactly the same value, first to last reading, "
-     "in minutes; 0 when no two consecutive readings are equal"),
+     ("longest run of consecutive readings with exactly the same value, first to last "
+      "reading, in minutes; 0 when no two consecutive readings are equal")),
     ("flatline_value", "double precision", "the value of that run"),
     ("flatline_start", "timestamptz", "the run's first reading"),
 )

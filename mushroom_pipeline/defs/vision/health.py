@@ -31,6 +31,7 @@ Thresholds of the check, for a pretrained CLIP (ViT-B-32 class):
 """
 
 import datetime as dt
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -60,26 +61,25 @@ CAMERA_HEALTH_SCHEMA = column_schema(
     ("day", "date", "the capture day: the key's folder date"),
     ("room", "text"),
     ("model", "text", "the CLIP model whose vectors were compared (the configured one)"),
-    ("images", "bigint", "images of the room that day with a vector of the model "
-                         "(image_embeddings rows, images since gone from the store included)"),
+    ("images", "bigint", ("images of the room that day with a vector of the model "
+                          "(image_embeddings rows, images since gone from the store included)")),
     ("first_captured_at", "timestamptz", "the day's first image"),
     ("last_captured_at", "timestamptz", "the day's last image"),
     ("mean_luminance", "double precision",
-     "mean over the images of each image's mean gray level, 0–255 (Rec. 601 luma 0.299 R + "
-     "0.587 G + 0.114 B; JPEGs decoded at reduced scale); NULL when no image could be read"),
+     ("mean over the images of each image's mean gray level, 0–255 (Rec. 601 luma 0.299 R + "
+      "0.587 G + 0.114 B; JPEGs decoded at reduced scale); NULL when no image could be read")),
     ("luminance_images", "bigint", "images whose pixels went into mean_luminance"),
     ("luminance_skipped", "bigint",
-     "images whose pixels could not be read (gone from the object store, or no longer "
-     "decodable): left out of mean_luminance"),
+     ("images whose pixels could not be read (gone from the object store, or no longer "
+      "decodable): left out of mean_luminance")),
     ("near_duplicate_pairs", "bigint",
-     f"consecutive frames (capture order) whose vectors have cosine similarity ≥ "
-     f"{NEAR_DUPLICATE_COSINE}"),
+     f"consecutive frames (capture order) whose vectors have cosine similarity ≥ {NEAR_DUPLICATE_COSINE}"),
     ("near_duplicate_share", "double precision",
      "near_duplicate_pairs / (images − 1); NULL with fewer than 2 images. High: a frozen camera"),
     ("mean_shift_from_previous_day", "double precision",
-     "cosine distance 1 − cos between the mean of the day's vectors and the previous day's mean "
-     "(same room and model); NULL when the previous day has no image. High: a moved or blocked "
-     "camera"),
+     ("cosine distance 1 − cos between the mean of the day's vectors and the previous day's "
+      "mean (same room and model); NULL when the previous day has no image. High: a moved or "
+      "blocked camera")),
 )
 
 DAY_SQL = f"""
@@ -126,7 +126,7 @@ def luminance(store, object_key: str) -> float | None:
 def room_health(day: dt.date, room: str, group: pd.DataFrame, lumas: list[float | None],
                 previous: np.ndarray | None) -> dict:
     vectors = np.stack(group["embedding"])
-    similar = [cosine(a, b) >= NEAR_DUPLICATE_COSINE for a, b in zip(vectors, vectors[1:])]
+    similar = [cosine(a, b) >= NEAR_DUPLICATE_COSINE for a, b in itertools.pairwise(vectors)]
     read = [v for v in lumas if v is not None]
     return {
         "day": day, "room": room, "images": len(group),
