@@ -79,7 +79,8 @@ def test_the_clip_schedule_requests_yesterdays_images_at_0302():
     )
     requests = list(daily_clip_inference.evaluate_tick(context).run_requests)
     assert [r.partition_key for r in requests] == ["2026-01-13"]
-    assert {"image_manifest", "image_embeddings"} == {
+    # the nightly run covers camera_health too (the new-images sensor asks for the first two)
+    assert {"image_manifest", "image_embeddings", "camera_health"} == {
         k.to_user_string() for k in defs.resolve_job_def("vision_job").asset_layer.executable_asset_keys
     }
 

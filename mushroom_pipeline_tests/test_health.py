@@ -265,7 +265,7 @@ def test_camera_health_matches_numpy_and_its_check_names_frozen_and_moved_camera
     monkeypatch.setattr(vision_health, "MOVED_AFTER_DISTANCE", 0.02)
     config, (checkpoint, _) = tiny_clip
     res = resources(tmp_path, config, checkpoint)
-    store = res["object_store"].store()
+    store = res["object_store"]
     images = camera_images()
     for (day, room), frames in images.items():
         for index, data in enumerate(frames):

@@ -513,6 +513,9 @@ def test_the_new_images_sensor_requests_days_with_images_not_yet_embedded(wareho
     first = tick()
     assert [r.partition_key for r in first.run_requests] == [days[1]]
     assert first.run_requests[0].run_key.startswith(f"new_images:{days[1]}:")
+    # the new images only: camera_health re-reads the whole day, at night
+    assert [k.to_user_string() for k in first.run_requests[0].asset_selection] == [
+        "image_manifest", "image_embeddings"]
     assert not tick(first.cursor).run_requests  # requested already
     store.put(key("601", "later", days[1]), photo(2))  # another image arrives: a new batch
     second = tick(first.cursor)

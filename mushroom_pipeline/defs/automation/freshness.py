@@ -12,6 +12,8 @@ import os
 
 import dagster as dg
 
+from mushroom_pipeline.defs.environment.health import sensor_health
+from mushroom_pipeline.defs.vision.health import camera_health
 from mushroom_pipeline.defs.batches.assets import room_batches
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.defs.insights.compliance import setpoint_compliance
@@ -93,6 +95,8 @@ DAILY_ASSETS = [
     image_embeddings,
     setpoint_compliance,
     change_responses,
+    sensor_health,
+    camera_health,
 ]
 daily_freshness_checks = freshness_checks(DAILY_ASSETS)
 freshness_checks_schedule = freshness_schedule(daily_freshness_checks)

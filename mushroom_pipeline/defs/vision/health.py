@@ -44,7 +44,7 @@ from mushroom_pipeline.defs.vision.embeddings import EMBEDDINGS_TABLE, image_emb
 from mushroom_pipeline.defs.vision.manifest import window_days
 from mushroom_pipeline.images.decode import ImageRejected, decode_image
 from mushroom_pipeline.images.encoder import ClipEncoderResource
-from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStoreResource
+from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStore
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
@@ -201,19 +201,18 @@ def check_cameras(health: pd.DataFrame, moved_after: float | None = None) -> dg.
 def camera_health(
     context: dg.AssetExecutionContext,
     clip_encoder: ClipEncoderResource,
-    object_store: ObjectStoreResource,
+    object_store: ObjectStore,
     warehouse: PostgresResource,
 ):
     model = clip_encoder.model_id()
     days = window_days(context.partition_time_window)
-    store = object_store.store()
     previous = mean_vectors(day_embeddings(warehouse, days[0] - dt.timedelta(days=1), model))
     rows = []
     with ThreadPoolExecutor(clip_encoder.decode_threads, thread_name_prefix="luminance") as pool:
         for day in days:
             frame = day_embeddings(warehouse, day, model)
             # an image gone from the store is not fetched: its vector still counts
-            lumas = list(pool.map(lambda key, gone: None if gone else luminance(store, key),
+            lumas = list(pool.map(lambda key, gone: None if gone else luminance(object_store, key),
                                   frame["object_key"], frame["gone"]))
             frame["luma"] = pd.Series(lumas, index=frame.index, dtype=object)
             for room, group in frame.groupby("room", sort=True):

@@ -23,6 +23,7 @@ from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.warehouse.sql import table_exists
 
+NEW_IMAGES_SELECTION = [dg.AssetKey("image_manifest"), dg.AssetKey("image_embeddings")]
 RESCAN_EVERY_S = 300  # each tick lists one day of the lookback in full, in turn
 
 
@@ -110,8 +111,11 @@ def new_images_sensor(
     }
     requests = requests_that_never_lose_work(
         context, wanted,
-        lambda day, run_key: dg.RunRequest(run_key=run_key, partition_key=day, tags={
-            "mushroom/trigger": "new_images", "mushroom/new_images": str(len(new[day]))}),
+        # the new images only: camera_health, which re-reads the whole day, waits for the
+        # nightly run
+        lambda day, run_key: dg.RunRequest(
+            run_key=run_key, partition_key=day, asset_selection=NEW_IMAGES_SELECTION,
+            tags={"mushroom/trigger": "new_images", "mushroom/new_images": str(len(new[day]))}),
         alert_webhook, dt.datetime.now(dt.UTC),
     )
     observed = observation(context, CAMERA_IMAGES, new_images_by_day={
