@@ -50,7 +50,7 @@ from mushroom_pipeline.demo.farm import (
     seed_images,
     seed_setpoints,
 )
-from mushroom_pipeline.objectstore import ObjectStoreResource
+from mushroom_pipeline.objectstore import LocalObjectStore
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
 
 from .helpers import insert_readings, insert_setpoints, query, range_tags
@@ -150,8 +150,8 @@ CORRUPT_607 = 10
 def farm(warehouse, tmp_path):
     insert_setpoints(warehouse, setpoint_rows())
     insert_readings(warehouse, reading_rows())
-    object_store = ObjectStoreResource(home=str(tmp_path))
-    store = object_store.store()
+    object_store = LocalObjectStore(home=str(tmp_path))
+    store = object_store
     for hour in HOURS_607:
         data = jpeg((10 * hour, 120, 90))
         store.put(image_key("607", hour), data[:40] if hour == CORRUPT_607 else data)
@@ -166,9 +166,12 @@ def farm(warehouse, tmp_path):
     return resources, tmp_path
 
 
-def charts_run(resources, **kwargs) -> dg.ExecuteInProcessResult:
+def charts_run(resources, home, **kwargs) -> dg.ExecuteInProcessResult:
+    """The charts of the run go under `home`/charts (run config), not the test server's home."""
     result = dg.materialize([room_daily_charts, *UPSTREAM], selection=[room_daily_charts],
-                            resources=resources, raise_on_error=False, **kwargs)
+                            resources=resources, raise_on_error=False,
+                            run_config={"ops": {"room_daily_charts": {"config": {"home": str(home)}}}},
+                            **kwargs)
     assert result.success
     return result
 
@@ -180,7 +183,7 @@ def chart_of(resources, room: str, key: str):
     metrics = catalog.metrics().metrics
     with resources["warehouse"].begin() as conn:
         pairs = map_points(catalog.points(), known_points(conn, window.end))
-        data = load_chart_data(conn, resources["object_store"].store(), pairs, metrics, room,
+        data = load_chart_data(conn, resources["object_store"], pairs, metrics, room,
                                dt.date.fromisoformat(key), window.start, window.end, SETTINGS.tz)
     return data, render_chart(data, metrics, SETTINGS.tz)
 
@@ -212,7 +215,7 @@ def stored_charts(warehouse) -> pd.DataFrame:
 
 def test_a_days_chart_per_room_matches_the_data(farm, warehouse):
     resources, home = farm
-    result = charts_run(resources, partition_key=DAY)
+    result = charts_run(resources, home, partition_key=DAY)
 
     # the table lists one chart per room, with what each shows
     rows = stored_charts(warehouse)
@@ -300,7 +303,7 @@ def test_a_range_run_writes_every_day_and_shows_no_picture(farm, warehouse):
     stray = home / "charts" / "999" / "20260310.png"  # a room without data that day (any more)
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"old chart")
-    result = charts_run(resources, tags=range_tags(BEFORE, DAY))
+    result = charts_run(resources, home, tags=range_tags(BEFORE, DAY))
     assert not stray.exists()  # the folder holds what the table lists
     rows = stored_charts(warehouse)
     assert rows[["day", "room", "change_events"]].values.tolist() == [
@@ -310,13 +313,13 @@ def test_a_range_run_writes_every_day_and_shows_no_picture(farm, warehouse):
         assert not [key for key in event.metadata if key.startswith("chart_")]
         assert "re-run one day" in event.metadata["pictures"].value
     # re-running one day replaces its rows only
-    charts_run(resources, partition_key=DAY)
+    charts_run(resources, home, partition_key=DAY)
     assert len(stored_charts(warehouse)) == 4
 
 
 def test_an_empty_day_has_no_chart(warehouse, tmp_path):
-    resources = {**database_resources(), "object_store": ObjectStoreResource(home=str(tmp_path))}
-    charts_run(resources, partition_key="2026-03-01")
+    resources = {**database_resources(), "object_store": LocalObjectStore(home=str(tmp_path))}
+    charts_run(resources, tmp_path, partition_key="2026-03-01")
     assert stored_charts(warehouse).empty
     assert not (tmp_path / "charts").exists()
 
@@ -375,12 +378,12 @@ def test_the_demo_farms_story_day_charts(warehouse, tmp_path):
     engine = warehouse.get_engine()
     seed_env_readings(engine, days, SETTINGS.tz)
     seed_setpoints(engine, days, SETTINGS.tz)
-    object_store = ObjectStoreResource(home=str(tmp_path))
-    images, corrupt = seed_images(object_store.store(), days)
+    object_store = LocalObjectStore(home=str(tmp_path))
+    images, corrupt = seed_images(object_store, days)
     resources = {**database_resources(), "object_store": object_store}
     assert dg.materialize(UPSTREAM, resources=resources, tags=range_tags(
         days[0].isoformat(), story.isoformat())).success
-    charts_run(resources, partition_key=story.isoformat())
+    charts_run(resources, tmp_path, partition_key=story.isoformat())
 
     rows = stored_charts(warehouse).set_index("room")
     assert sorted(rows.index) == ROOMS
@@ -408,3 +411,18 @@ def test_the_demo_farms_story_day_charts(warehouse, tmp_path):
     _, figure = chart_of(resources, "611", story.isoformat())
     assert len(markers(figure)["changes:other:changed"]) == 1  # CO2 control → timer
     assert images == 2 * 4 * len(IMAGE_HOURS)
+
+
+def test_a_sensor_reporting_hourly_draws_a_curve_broken_only_where_it_fell_silent():
+    from mushroom_pipeline.defs.insights.charts import _with_gaps
+
+    hours = [0, 1, 2, 3, 7, 8]  # silent 03:00-07:00: four of its usual hourly intervals
+    times = pd.Series([pd.Timestamp("2026-03-10", tz="UTC") + pd.Timedelta(hours=h) for h in hours])
+    xs, ys = _with_gaps(times, pd.Series([16.0 + h / 10 for h in hours]))
+    assert len(xs) == len(hours) + 1 and int(np.isnan(ys).sum()) == 1
+    assert np.isnan(ys[4]) and xs[4] == pd.Timestamp("2026-03-10 05:00", tz="UTC").to_pydatetime()
+    # every minute: a 15-minute hole breaks it (the default floor), a 2-minute one does not
+    minutes = [0, 1, 2, 4, 5, 21, 22]
+    times = pd.Series([pd.Timestamp("2026-03-10", tz="UTC") + pd.Timedelta(minutes=m) for m in minutes])
+    _, ys = _with_gaps(times, pd.Series([1.0] * len(minutes)))
+    assert int(np.isnan(ys).sum()) == 1

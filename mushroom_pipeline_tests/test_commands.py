@@ -121,6 +121,19 @@ def check_the_farms_language(url: str, output: str) -> None:
     assert "Batches (mushroom.room_batches)" in output and f"608/{story}" in output
     assert "new, replaced 608/" in output and "CO2 control (1) → timer (0)" in output
 
+    # the insight story: 612's humidity sensor silent 09:00-12:00, 611's camera frozen, the
+    # cooler's target change answered, a chart per room
+    silent = rows("SELECT room, metric, longest_gap_min >= 180 FROM mushroom.sensor_health "
+                  f"WHERE day = '{story}' AND longest_gap_min >= 170")
+    assert ("612", "humidity_pct", True) in silent, silent
+    frozen = rows("SELECT room FROM mushroom.camera_health "
+                  f"WHERE day = '{story}' AND near_duplicate_share >= 0.5")
+    assert frozen == [("611",)], frozen
+    assert rows("SELECT room, point, new_value FROM mushroom.change_responses "
+                f"WHERE day = '{story}' AND metric = 'temperature_c'") == [("607", "temp_set", 17.0)]
+    assert rows(f"SELECT count(*) FROM mushroom.room_daily_charts WHERE day = '{story}'") == [(4,)]
+    assert "Silent (gap ≥ 3 h)" in output and "room_daily_charts" in output
+
 
 def test_dagster_cli_materializes_a_partition_range_against_a_given_database(demo_home):
     url = embedded.server_url(demo_home)

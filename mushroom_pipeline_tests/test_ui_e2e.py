@@ -2,11 +2,13 @@
 processes on the embedded Postgres (dagster-postgres storage), a backfill by date range launched
 through GraphQL and run by the daemon, partition statuses, lineage, schedule and sensor ticks."""
 
+import base64
 import json
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -143,15 +145,57 @@ def test_a_backfill_by_date_range_runs_through_the_daemon(warehouse, dagster_ui)
     def lineage(key, direction):
         return sorted("/".join(k["path"]) for k in by_key[key][direction])
 
-    assert lineage("env_daily_stats", "dependencyKeys") == ["env_readings"]
+    assert lineage("env_daily_stats", "dependencyKeys") == ["env_readings", "env_readings_quarantine"]
     assert lineage("env_readings", "dependencyKeys") == ["iot/env_readings"]  # the source
     assert lineage("env_readings", "dependedByKeys") == [
-        "change_responses", "env_daily_stats", "image_embeddings", "setpoint_compliance"]
+        "change_responses", "env_daily_stats", "env_readings_quarantine", "image_embeddings",
+        "room_daily_charts", "sensor_health", "setpoint_compliance"]
+    # a table the step writes beside its own: an asset downstream of it, upstream of its reader
+    assert lineage("env_readings_quarantine", "dependedByKeys") == ["env_daily_stats"]
     assert lineage("image_embeddings", "dependencyKeys") == [
         "env_readings", "image_manifest", "room_batches"]
     assert lineage("setpoint_change_events", "dependencyKeys") == ["setpoint_snapshots"]
     assert {"env_readings", "env_daily_stats", "setpoint_snapshots", "setpoint_change_events",
             "image_manifest", "image_embeddings"} <= set(by_key)
+
+
+def test_one_rooms_chart_shows_in_the_ui(dagster_ui):
+    """The readings the backfill test stored, charted for one day by a run the daemon launches;
+    the picture is in the materialization's metadata, which the asset's events page shows."""
+    url, home = dagster_ui
+    launched = graphql(url, """
+        mutation($params: LaunchBackfillParams!) {
+          launchPartitionBackfill(backfillParams: $params) {
+            __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }
+        """, params={"partitionsByAssets": [{"assetKey": {"path": ["room_daily_charts"]},
+                                             "partitions": {"range": {"start": DAYS[-1], "end": DAYS[-1]}}}],
+                     "title": "e2e chart"})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+
+    def charted():
+        answer = graphql(url, """
+            { assetOrError(assetKey: {path: ["room_daily_charts"]}) { ... on Asset {
+                assetMaterializations(limit: 1) { partition metadataEntries {
+                  label __typename ... on MarkdownMetadataEntry { mdStr } } } } } }""")
+        return answer["assetOrError"].get("assetMaterializations")
+
+    event = wait_for(charted, 300, "the chart run")[0]
+    assert event["partition"] == DAYS[-1]
+    entries = {e["label"]: e for e in event["metadataEntries"]}
+    chart = entries["chart_601"]
+    assert chart["__typename"] == "MarkdownMetadataEntry"
+    match = re.match(r"!\[room 601[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", chart["mdStr"])
+    assert match, chart["mdStr"][:200]
+    png = base64.b64decode(match[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] == 960
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "room_601_chart.png").write_bytes(png)  # the picture a grower opens
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        path = "/assets/room_daily_charts?view=events"
+        chromium(f"--screenshot={ARTIFACTS / 'room_daily_charts-events.png'}", f"{url}{path}")
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", chromium("--dump-dom", f"{url}{path}")))
+        assert "chart_601" in text and "chart_612" in text, text[:2000]
 
 
 def _ticks(url: str, kind: str, name: str, location: str = LOCATION) -> list[dict]:

@@ -49,6 +49,30 @@ FROM src LEFT JOIN inv USING (day) LEFT JOIN rd USING (day) LEFT JOIN st USING (
      LEFT JOIN ev USING (day) LEFT JOIN sw USING (day) LEFT JOIN im USING (day)
      LEFT JOIN em USING (day) LEFT JOIN fa USING (day) ORDER BY day
 """
+# The story day's answers to a grower's questions: did the rooms hold their setpoints, did the
+# change work, is a sensor or a camera broken.
+INSIGHTS_SQL = {
+    "compliance": """
+        SELECT room, metric, point, n, round(share_in_band::numeric, 3) AS share_in_band,
+               round(mean_abs_error::numeric, 2) AS mean_abs_error
+        FROM mushroom.setpoint_compliance WHERE day = %(day)s AND n > 0
+        ORDER BY share_in_band, room, metric LIMIT 5""",
+    "responses": """
+        SELECT room, device, point, old_value, new_value, round(before_mean::numeric, 2) AS before,
+               round(after_60m_mean::numeric, 2) AS after_60m, minutes_to_reach
+        FROM mushroom.change_responses WHERE day = %(day)s AND metric = 'temperature_c'
+        ORDER BY changed_at""",
+    "sensors": """
+        SELECT room, metric, round(longest_gap_min::numeric) AS longest_gap_min, longest_gap_start,
+               round(longest_flatline_min::numeric) AS longest_flatline_min
+        FROM mushroom.sensor_health WHERE day = %(day)s
+          AND (longest_gap_min >= 180 OR longest_flatline_min >= 360) ORDER BY room, metric""",
+    "cameras": """
+        SELECT room, images, near_duplicate_share, round(mean_luminance::numeric, 1) AS mean_luminance
+        FROM mushroom.camera_health WHERE day = %(day)s AND model = %(model)s
+        ORDER BY near_duplicate_share DESC NULLS LAST, room""",
+    "charts": "SELECT room, path FROM mushroom.room_daily_charts WHERE day = %(day)s ORDER BY room",
+}
 # A batch is new when it replaced one the room reported before (on its first day every room's
 # batch is new to room_batches).
 BATCHES_SQL = """
@@ -145,13 +169,26 @@ def materialize_demo(defs, resources, settings: Settings, days: int, random_weig
     print("\nSetpoint changes (switches aside; read noise within the deadbands is no change):")
     print(change_table(changes, settings).to_markdown(index=False, tablefmt="simple",
                                                       disable_numparse=True))
+    story = demo_week(demo_days).story
+    with warehouse.begin() as conn:
+        insights = {name: pd.read_sql_query(sql, conn, params={"day": story, "model": model})
+                    for name, sql in INSIGHTS_SQL.items()}
+    for title, name in ((f"Insights of {story}: the least compliant (room, metric)", "compliance"),
+                        ("Did the cooler's change work (change_responses)", "responses"),
+                        ("Silent (gap ≥ 3 h) or stuck (≥ 6 h) sensors (sensor_health)", "sensors"),
+                        ("Cameras (camera_health: near-duplicate share ≥ 0.5 = frozen)", "cameras"),
+                        ("A picture of the day per room (room_daily_charts)", "charts")):
+        print(f"\n{title}:")
+        print(insights[name].to_markdown(index=False, tablefmt="simple", disable_numparse=True)
+              if len(insights[name]) else "(none)")
     print(f"\nCLIP model: {model}" + (RANDOM_BANNER if random_weights else ""))
     print(
         "\nOutput tables (schema mushroom): env_readings, env_readings_quarantine, "
         "env_daily_stats (with batch and growth day: the view env_daily_stats_by_batch), "
         "setpoint_snapshots, setpoint_snapshots_quarantine, setpoint_change_events, "
         "setpoint_deadband_references, switch_daily_stats, room_batches, image_manifest, "
-        "image_embeddings, image_failures.\n"
+        "image_embeddings, image_failures, setpoint_compliance, change_responses, sensor_health, "
+        "camera_health, room_daily_charts (PNGs under $MUSHROOM_HOME/charts).\n"
         "Search them: `mushroom-pipeline search --text 'young white caps'`.\n"
         "Open the Dagster UI on the same data with `make ui` (http://127.0.0.1:3000)."
     )

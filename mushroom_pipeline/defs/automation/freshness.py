@@ -12,10 +12,10 @@ import os
 
 import dagster as dg
 
-from mushroom_pipeline.defs.environment.health import sensor_health
-from mushroom_pipeline.defs.vision.health import camera_health
 from mushroom_pipeline.defs.batches.assets import room_batches
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.environment.health import sensor_health
+from mushroom_pipeline.defs.insights.charts import room_daily_charts
 from mushroom_pipeline.defs.insights.compliance import setpoint_compliance
 from mushroom_pipeline.defs.insights.responses import change_responses
 from mushroom_pipeline.defs.setpoints.assets import (
@@ -24,6 +24,7 @@ from mushroom_pipeline.defs.setpoints.assets import (
     switch_daily_stats,
 )
 from mushroom_pipeline.defs.vision.embeddings import image_embeddings
+from mushroom_pipeline.defs.vision.health import camera_health
 from mushroom_pipeline.defs.vision.manifest import image_manifest
 from mushroom_pipeline.partitions import SETTINGS
 from mushroom_pipeline.settings import ConfigurationError
@@ -97,6 +98,7 @@ DAILY_ASSETS = [
     change_responses,
     sensor_health,
     camera_health,
+    room_daily_charts,
 ]
 daily_freshness_checks = freshness_checks(DAILY_ASSETS)
 freshness_checks_schedule = freshness_schedule(daily_freshness_checks)

@@ -35,7 +35,8 @@ vision_job = dg.define_asset_job(
 
 insights_job = dg.define_asset_job(
     "insights_job",
-    selection=dg.AssetSelection.groups("insights"),
+    # the charts wait for the night's images: their own job (defs/insights/charts.py)
+    selection=dg.AssetSelection.groups("insights") - dg.AssetSelection.assets("room_daily_charts"),
     partitions_def=daily_partitions,
     description="Did the rooms hold their setpoints, did a change work: compliance and change "
     "responses.",

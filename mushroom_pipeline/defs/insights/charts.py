@@ -3,7 +3,7 @@
 Each PNG (1600 × 1100 px) holds, over the room's local day:
 - one axis per metric of the metric catalog (the shipped one: temperature_c, humidity_pct,
   co2_ppm), labelled "<label> (<unit>)" from the catalog, with the day's readings as a curve
-  (broken where the sensor was silent for 15 min or more);
+  (broken where the sensor was silent for 15 min, or three of its usual intervals, or more);
 - the setpoint bands of the catalog's `compliance:` rules shaded on their metric's axis as they
   were in force over the day: a step function of the stored mushroom.setpoint_snapshots, from
   each point's value in force at the day's start (its last snapshot before the day, from any
@@ -25,8 +25,8 @@ Each PNG (1600 × 1100 px) holds, over the room's local day:
   as the CLIP step decodes them; an image that is gone, larger than MAX_IMAGE_BYTES or unreadable
   is skipped (not replaced).
 
-Where the files go: `<MUSHROOM_HOME>/charts/<room>/<YYYYMMDD>.png` (MUSHROOM_HOME: the object
-store resource's `home`). Not the object store: its room listing (`rooms()`, which
+Where the files go: `<MUSHROOM_HOME>/charts/<room>/<YYYYMMDD>.png` (run config `home` moves
+them elsewhere). Not the object store: its room listing (`rooms()`, which
 image_manifest and the new-images sensor walk) takes every top-level folder of the bucket for a
 room, so a `charts/` prefix would be listed as one. The files are listed in the table
 mushroom.room_daily_charts (one row per day and room, written by the I/O manager; a re-run
@@ -59,6 +59,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from pydantic import Field
 
 from mushroom_pipeline.catalog.metrics import Metric
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
@@ -78,7 +79,7 @@ from mushroom_pipeline.defs.vision.manifest import image_manifest
 from mushroom_pipeline.images.decode import ImageRejected, decode_image
 from mushroom_pipeline.objectstore import (
     ObjectMissingError,
-    ObjectStoreResource,
+    ObjectStore,
     safe_key,
 )
 from mushroom_pipeline.partitions import SETTINGS, daily_partitions
@@ -99,7 +100,7 @@ THUMBNAIL_SIDE = 320  # px: the longer side of a thumbnail before it is drawn
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 PREVIEW_WIDTH = 960  # px of the copy shown in the metadata
 PREVIEW_MAX_BYTES = 150_000  # its base64 text, per room
-GAP = pd.Timedelta(minutes=15)  # a silence this long breaks the curve
+GAP = pd.Timedelta(minutes=15)  # a silence this long (at least) breaks the curve
 ANNOTATE_AT_MOST = 12  # changes written beside their markers on one axis; more: markers only
 
 READINGS_TABLE = "mushroom.env_readings"
@@ -395,11 +396,14 @@ def _beside(t: pd.Timestamp, data: ChartData, dy: float) -> dict:
 
 
 def _with_gaps(times: pd.Series, values: pd.Series) -> tuple[list, np.ndarray]:
-    """The curve's points, with a NaN wherever the sensor was silent for GAP or more."""
+    """The curve's points, with a NaN wherever the sensor was silent for GAP or three of its
+    usual intervals, whichever is longer: a sensor reporting hourly is not silent in between."""
     times, values = list(times), values.to_numpy(dtype="float64")
+    usual = pd.Series(times).diff().median() if len(times) > 1 else GAP
+    silence = max(GAP, 3 * usual)
     xs, ys = [], []
     for number, (t, v) in enumerate(zip(times, values)):
-        if number and t - times[number - 1] >= GAP:
+        if number and t - times[number - 1] >= silence:
             xs.append(times[number - 1] + (t - times[number - 1]) / 2)
             ys.append(np.nan)
         xs.append(t)
@@ -559,6 +563,11 @@ def preview_markdown(png: bytes, room: str, day: dt.date, path: Path) -> str:
     return f"![room {room}, {day}](data:image/png;base64,{encoded})\n\nFull size: `{path}`"
 
 
+class ChartsConfig(dg.Config):
+    home: str = Field(default="", description="the folder whose charts/<room>/<YYYYMMDD>.png "
+                      "the PNGs are; empty: MUSHROOM_HOME")
+
+
 def chart_path(home: str | Path, room: str, day: dt.date) -> Path:
     """<home>/charts/<room>/<YYYYMMDD>.png; a room name that would leave the folder is refused."""
     return Path(home).absolute() / CHARTS_FOLDER / safe_key(f"{room}/{day:%Y%m%d}.png")
@@ -596,17 +605,18 @@ def write_file(path: Path, data: bytes) -> None:
 )
 def room_daily_charts(
     context: dg.AssetExecutionContext,
+    config: ChartsConfig,
     warehouse: PostgresResource,
     farm_catalog: FarmCatalogResource,
-    object_store: ObjectStoreResource,
+    object_store: ObjectStore,
 ):
     tz = SETTINGS.tz
     metrics = farm_catalog.metrics().metrics
     points = farm_catalog.points()
-    store = object_store.store()
+    home = config.home or str(SETTINGS.home)
     window = context.partition_time_window
     keys = context.partition_keys
-    charts_folder = Path(object_store.home).absolute() / CHARTS_FOLDER
+    charts_folder = Path(home).absolute() / CHARTS_FOLDER
     with warehouse.begin() as conn:
         pairs = map_points(points, known_points(conn, window.end))
     rows, previews, skipped = [], {}, []
@@ -618,12 +628,12 @@ def room_daily_charts(
         written = set()
         for room in rooms:
             with warehouse.begin() as conn:
-                data = load_chart_data(conn, store, pairs, metrics, room, day, day_window.start,
+                data = load_chart_data(conn, object_store, pairs, metrics, room, day, day_window.start,
                                        day_window.end, tz)
             figure = render_chart(data, metrics, tz)
             width, height = (int(v) for v in figure.canvas.get_width_height())
             png = png_bytes(figure)
-            path = chart_path(object_store.home, room, day)
+            path = chart_path(home, room, day)
             write_file(path, png)
             written.add(path)
             skipped += data.skipped_images
