@@ -155,6 +155,8 @@ def test_embeddings_equal_open_clips_own_forward_pass(warehouse, tmp_path, tiny_
     assert "USING hnsw (embedding vector_cosine_ops)" in indexes
     meta = materialized(result)
     assert (meta["embedded"], meta["failed"], meta["weights"]) == (9, 0, "pretrained")
+    # one context sentence per room (all shots at 12:00): the text tower ran twice, not 9 times
+    assert meta["texts_encoded"] == 2
     sizes = query(warehouse, "SELECT DISTINCT width, height FROM mushroom.image_embeddings")
     assert sizes.values.tolist() == [[48, 40]]
     assert check_result(result).passed

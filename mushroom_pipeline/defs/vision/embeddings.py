@@ -14,7 +14,7 @@ the pending rows, so readers see the day before or after, never half of it.
 
 import datetime as dt
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -272,11 +272,33 @@ class ImageEmbedder:
             write(rows, failures)
 
 
-def fuse(encoder: ClipEncoder, image_vectors: np.ndarray, texts: list[str], batch_size: int
-         ) -> np.ndarray:
-    text_vectors = np.concatenate(
-        [encoder.encode_texts(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
-    ) if texts else np.zeros((0, encoder.dim), np.float32)
+class TextVectors:
+    """The text tower's vectors by text, for one run: a context sentence repeats across the
+    images of a room and minute (several cameras, bursts), so each distinct text is encoded once.
+    At most `limit` kept (least recently used out): memory stays bounded on any day."""
+
+    def __init__(self, encoder: ClipEncoder, batch_size: int, limit: int = 20_000):
+        self.encoder, self.batch_size, self.limit = encoder, batch_size, limit
+        self.vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.encoded = 0  # texts run through the text tower
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.encoder.dim), np.float32)
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start:start + self.batch_size]
+            self.vectors.update(zip(batch, self.encoder.encode_texts(batch)))
+            self.encoded += len(batch)
+        found = np.stack([self.vectors[t] for t in texts])
+        for text in dict.fromkeys(texts):
+            self.vectors.move_to_end(text)
+        while len(self.vectors) > self.limit:
+            self.vectors.popitem(last=False)
+        return found
+
+
+def fuse(image_vectors: np.ndarray, text_vectors: np.ndarray) -> np.ndarray:
     return _normalized(IMAGE_WEIGHT * image_vectors + TEXT_WEIGHT * text_vectors).astype(np.float32)
 
 
@@ -405,6 +427,7 @@ def image_embeddings(
     embedded = 0
     metrics = farm_catalog.metrics()
     embedded_types = column_types(EMBEDDINGS_SCHEMA)
+    text_vectors = TextVectors(encoder, clip_encoder.batch_size)
     with staging_table(warehouse, f"image_failures_{context.run_id}") as failures_table:
         with warehouse.begin() as conn:
             columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in column_types(FAILURES_SCHEMA).items())
@@ -420,7 +443,7 @@ def image_embeddings(
             chunk["context"] = environment_context(warehouse, chunk, metrics)
             texts = [c if d is None else f"{c} {d}" for c, d in zip(chunk["context"], chunk["description"])]
             vectors = np.stack(chunk["embedding"]) if len(chunk) else np.zeros((0, encoder.dim))
-            chunk["fused_embedding"] = list(fuse(encoder, vectors, texts, clip_encoder.batch_size))
+            chunk["fused_embedding"] = list(fuse(vectors, text_vectors(texts)))
             chunk["embedded_at"] = pd.Timestamp.now(tz="UTC")
             chunk["missing_since"] = pd.Series(pd.NaT, index=chunk.index, dtype="datetime64[us, UTC]")
             failed = pd.DataFrame(failures, columns=FAILURE_COLUMNS).assign(
@@ -463,6 +486,8 @@ def image_embeddings(
             "failure_reasons": dg.MetadataValue.json(reasons),
             "images_per_s": embedded / elapsed if embedded else 0.0,
             "forward_share": embedder.forward_s / elapsed if embedded else 0.0,
+            # distinct context texts through the text tower (each once per run)
+            "texts_encoded": text_vectors.encoded,
             "new_rows": markdown_preview(new_rows),
         },
         check_results=[check],
