@@ -290,6 +290,7 @@ def test_markdown_shows_the_context_as_text(farm, cli_search):
     ("humidity_pct>=90; DROP TABLE x", "'90; DROP TABLE x' is not a number"),
     ("humidity_pct>nan", "'nan' is not a number"),
     ("humidity_pct>1_0", "'1_0' is not a number"),
+    ("humidity_pct>1e999", "'1e999' is not a finite number"),
     (">=90", "give <metric><op><number>"),
     ("humidity_pct 90", "give <metric><op><number>"),
     ("unknown_metric>1", ("unknown metric 'unknown_metric'; the metrics are temperature_c "

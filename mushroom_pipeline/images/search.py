@@ -23,6 +23,9 @@ from mushroom_pipeline.warehouse.sql import table_exists
 
 TABLE = "mushroom.image_embeddings"
 BATCHES_TABLE = "mushroom.room_batches"
+# recall@10 ≥ 0.95 on 100 k clustered 512-d vectors at about half the exact scan's latency
+# (benchmarks/vector_search.py); pgvector's default of 40 gave less recall there.
+EF_SEARCH = 100
 CHANGES_TABLE = "mushroom.setpoint_change_events"
 RECENT_CHANGE_HOURS = 6  # a hit's context: the room's setpoint changes this long before capture
 # --distinct: a hit this close to a better-ranked kept hit of its room is the same view (one
@@ -61,10 +64,10 @@ def parse_condition(text: str) -> tuple[str, str, float]:
         raise ValueError(f"{text!r}: {form}")
     if not NUMBER.fullmatch(match["value"]):
         raise ValueError(f"{text!r}: {match['value']!r} is not a number; {form}")
-    return match["metric"], match["op"], float(match["value"])
-# recall@10 ≥ 0.95 on 100 k clustered 512-d vectors at about half the exact scan's latency
-# (benchmarks/search.py); pgvector's default of 40 gave less recall there.
-EF_SEARCH = 100
+    value = float(match["value"])
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r}: {match['value']!r} is not a finite number")
+    return match["metric"], match["op"], value
 
 
 def register_vectors(connection: sa.Connection) -> sa.Connection:
@@ -93,6 +96,7 @@ def nearest(
     where: Sequence[Condition] = (),
     max_distance: float | None = None,
     distinct: bool = False,
+    candidates: int | None = None,
 ) -> pd.DataFrame:
     """The `limit` nearest images of `model` (object_key, room, day, captured_at, distance, and
     the batch and growth day of the image's room and day, from mushroom.room_batches), nearest
@@ -118,6 +122,10 @@ def nearest(
     hit kept from the same room is dropped. DISTINCT_CANDIDATES × `limit` candidates are
     fetched (more while the answer is short and more exist), so it still fills `limit` when it
     can.
+
+    `candidates`: how many rows the index scan gathers (at least `limit`) before the best
+    `limit` are kept: with relaxed ordering the scan's first rows are not exactly the nearest,
+    so gathering more raises recall, at the cost of a longer walk.
     """
     filters, params = ["e.model = %(model)s"], {"model": model}
     if room:
@@ -169,7 +177,7 @@ def nearest(
         """
         conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
         conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        fetch = limit * DISTINCT_CANDIDATES if distinct else limit
+        fetch = max(limit * DISTINCT_CANDIDATES if distinct else limit, candidates or 0)
         exact = False
         while True:
             params["limit"] = fetch
@@ -182,6 +190,7 @@ def nearest(
             if max_distance is not None:
                 hits = hits[hits["distance"] <= max_distance]
             if not distinct:
+                hits = hits.iloc[:limit]
                 break
             kept = _distinct([row[5].to_numpy() for row in rows[:len(hits)]], list(hits["room"]))
             hits = hits.iloc[kept[:limit]]
