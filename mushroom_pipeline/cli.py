@@ -1,6 +1,8 @@
 """`mushroom-pipeline`: set up the embedded services, run the demo, open the UI."""
 
 import argparse
+import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -106,8 +108,20 @@ def cmd_ui(settings: Settings, args) -> None:
 
 def cmd_search(settings: Settings, args) -> None:
     from mushroom_pipeline.definitions import resources_outside_a_run
-    from mushroom_pipeline.images.search import nearest, stored_vector
+    from mushroom_pipeline.images.search import (
+        as_markdown,
+        as_records,
+        nearest,
+        stored_vector,
+        with_context,
+    )
 
+    if args.where:  # the metrics by the catalog a run reads, before any model or database
+        with resources_outside_a_run("farm_catalog") as resources:
+            where = environment_conditions(args.search_parser, args.where,
+                                           resources.farm_catalog.metrics())
+    else:
+        where = []
     with resources_outside_a_run("clip_encoder", "warehouse") as resources:
         clip, warehouse = resources.clip_encoder, resources.warehouse
         other_days_than = None
@@ -129,12 +143,69 @@ def cmd_search(settings: Settings, args) -> None:
                       file=sys.stderr)
         try:
             hits = nearest(warehouse, vector, model, room=args.room, day=args.day,
+                           day_from=args.day_from, day_to=args.day_to,
                            other_days_than=other_days_than, growth_days=args.growth_day,
-                           limit=args.limit)
+                           where=where, max_distance=args.max_distance,
+                           distinct=args.distinct, limit=args.limit)
         except LookupError as err:
             sys.exit(str(err))
-    shown = hits.astype(object).where(hits.notna(), "")  # an image without a batch: blank
-    print(shown.to_markdown(index=False, floatfmt=".4f") if len(hits) else "no images")
+        hits = with_context(warehouse, hits)
+    if args.json:
+        print(json.dumps(as_records(hits), indent=2, ensure_ascii=False))
+    else:
+        print(as_markdown(hits) if len(hits) else "no images")
+
+
+def environment_conditions(parser: argparse.ArgumentParser, written: list[tuple[str, str, float]],
+                           metrics) -> list:
+    """--where's (metric as written, op, value) with the metric folded to its catalog name; a
+    metric the catalog does not know is an argparse error naming those it knows."""
+    from mushroom_pipeline.images.search import Condition
+
+    conditions = []
+    for name, op, value in written:
+        metric = metrics.get(name)
+        if metric is None:
+            known = ", ".join(f"{m.name} ({', '.join(m.aliases)})" if m.aliases else m.name
+                              for m in metrics.metrics)
+            parser.error(f"argument --where: unknown metric {name!r}; the metrics are {known} "
+                         f"({metrics.source})")
+        conditions.append(Condition(metric.name, op, value))
+    return conditions
+
+
+def where_condition(text: str) -> tuple[str, str, float]:
+    """`humidity_pct>=90` → (metric as written, op, value); the metric is checked against the
+    catalog once it is read."""
+    from mushroom_pipeline.images.search import parse_condition
+
+    try:
+        return parse_condition(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def iso_day(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text.strip()).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a day as YYYY-MM-DD") from None
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a cosine distance, a number from 0 (0..2)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from 1")
+    return int(text)
 
 
 def growth_day_range(text: str) -> tuple[int, int]:
@@ -169,12 +240,34 @@ def main(argv: list[str] | None = None) -> None:
     query.add_argument("--similar", metavar="OBJECT_KEY",
                        help="similar historical cases: an embedded image's nearest from other days")
     search.add_argument("--room")
-    search.add_argument("--day", help="YYYY-MM-DD")
+    search.add_argument("--day", type=iso_day, help="YYYY-MM-DD: one day (--from D --to D)")
+    search.add_argument("--from", dest="day_from", type=iso_day, metavar="YYYY-MM-DD",
+                        help="images of this day or later")
+    search.add_argument("--to", dest="day_to", type=iso_day, metavar="YYYY-MM-DD",
+                        help="images of this day or earlier")
     search.add_argument("--growth-day", type=growth_day_range, metavar="A..B",
                         help="only images whose room's batch was at a growth day in A..B "
                              "(or at day A) on their day, from any batch (mushroom.room_batches)")
-    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--where", action="append", type=where_condition, default=[],
+                        metavar="METRIC<OP>NUMBER",
+                        help="repeatable; only images whose room's reading of METRIC (a catalog "
+                             "name or alias) nearest the capture time, within ±15 minutes, "
+                             "passes: humidity_pct>=90, temperature_c<17; OP one of "
+                             ">=, <=, >, <, =, !=; an image without such a reading does not")
+    search.add_argument("--max-distance", type=non_negative, metavar="D",
+                        help="only hits at most this cosine distance away")
+    search.add_argument("--distinct", action="store_true",
+                        help="collapse near-duplicate frames: drop a hit within cosine distance "
+                             "0.005 of a better one kept from its room")
+    search.add_argument("--json", action="store_true",
+                        help="a JSON array of the hits with their context, for tools")
+    search.add_argument("--limit", type=positive_int, default=10)
+    search.set_defaults(search_parser=search)
     args = parser.parse_args(argv)
+    if args.command == "search" and args.day and (args.day_from or args.day_to):
+        search.error("argument --day: give --day, or --from/--to, not both")
+    if args.command == "search" and args.day_from and args.day_to and args.day_from > args.day_to:
+        search.error(f"argument --to: {args.day_to} is before --from {args.day_from}")
     handler = {"env": cmd_env, "db": cmd_db, "demo": cmd_demo, "ui": cmd_ui,
                "search": cmd_search}[args.command]
     handler(load_settings(), args)

@@ -1,0 +1,328 @@
+"""`mushroom-pipeline search` that knows the farm: day ranges, environment filters on the
+readings at capture time, a distance cutoff, near-duplicates collapsed, and each hit's context
+(readings, recent setpoint changes), as markdown or JSON. Real Postgres + pgvector, the tiny
+CLIP of test_vision, the assets run through Dagster."""
+
+import contextlib
+import json
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mushroom_pipeline import cli
+from mushroom_pipeline.catalog.resource import FarmCatalogResource
+from mushroom_pipeline.defs.environment.assets import env_readings
+from mushroom_pipeline.defs.setpoints.assets import (
+    setpoint_change_events,
+    setpoint_snapshots,
+)
+from mushroom_pipeline.defs.vision.embeddings import image_embeddings
+from mushroom_pipeline.defs.vision.manifest import image_manifest
+from mushroom_pipeline.images import search
+from mushroom_pipeline.images.search import Condition, nearest, parse_condition
+
+from .helpers import insert_readings, insert_setpoints, query
+from .test_vision import markdown_rows, photo, resources, run, tiny_clip  # noqa: F401
+
+DAYS = ["2025-12-22", "2025-12-23", "2025-12-24"]
+ROOMS = ["601", "612"]
+HOURS = [10, 12, 14]
+DUPLICATE = "601/20251224/dupb_20251224160000.jpg"  # the same bytes as dupa's
+
+
+def image_key(room: str, day: str, name: str, hour: int) -> str:
+    compact = day.replace("-", "")
+    return f"{room}/{compact}/{name}_{compact}{hour:02d}0000.jpg"
+
+
+def at(day: str, hour: int, minutes: float = 0) -> pd.Timestamp:
+    return pd.Timestamp(f"{day} {hour:02d}:00", tz="UTC") + pd.Timedelta(minutes=minutes)
+
+
+@pytest.fixture
+def farm(warehouse, tmp_path, tiny_clip):  # noqa: F811
+    """Two rooms × three days × three captures (10:00, 12:00, 14:00), plus one frame sent
+    twice (601, last day, 16:00). Humidity readings around each capture: a nearest one at a few
+    minutes, sometimes a farther one within the window that would pass where the nearest does
+    not, sometimes none within ±15 minutes; a temperature at each capture. Setpoint changes in
+    601 on the last day: temp_set at 10:00 (2 h before the 12:00 capture), the fan's mode at
+    05:00 (7 h before it)."""
+    config, (checkpoint, _) = tiny_clip
+    res = resources(tmp_path, config, checkpoint)
+    store = res["object_store"]
+    images = []  # (key, room, day, captured_at)
+    for d, day in enumerate(DAYS):
+        for r, room in enumerate(ROOMS):
+            for n, hour in enumerate(HOURS):
+                k = image_key(room, day, f"cam{n}", hour)
+                store.put(k, photo(1000 + 100 * d + 10 * r + n))
+                images.append((k, room, day, at(day, hour)))
+    twice = photo(7)
+    for name in ("dupa", "dupb"):
+        k = image_key("601", DAYS[2], name, 16)
+        store.put(k, twice)
+        images.append((k, "601", DAYS[2], at(DAYS[2], 16)))
+    readings = []  # (room, metric, value, measured_at)
+    for i, (k, room, _, captured) in enumerate(images):
+        if k == DUPLICATE:
+            continue  # the room's readings at 16:00 are there already
+        humidity = 84.0 + (i * 7) % 13  # 84 … 96
+        if i % 6 == 5:  # nothing within ±15 minutes: only a reading 20 minutes after
+            readings.append((room, "humidity_pct", 99.0, captured + pd.Timedelta(minutes=20)))
+        else:
+            readings.append((room, "humidity_pct", humidity, captured + pd.Timedelta(minutes=i % 7 - 3)))
+            if i % 4 == 1:  # farther but within the window: passes where the nearest may not
+                readings.append((room, "humidity_pct", 99.0 if humidity < 90 else 80.0,
+                                 captured - pd.Timedelta(minutes=14)))
+        readings.append((room, "temperature", 15.0 + i % 5, captured))  # an alias: folded
+    insert_readings(warehouse, [(room, metric, value, t.isoformat()) for room, metric, value, t in readings])
+    last = DAYS[2]
+    insert_setpoints(warehouse, [
+        ("601", "fresh_air_fan_1", "mode", 1.0, f"{last} 04:00"),
+        ("601", "fresh_air_fan_1", "mode", 2.0, f"{last} 05:00"),
+        ("601", "air_cooler_1", "temp_set", 18.0, f"{last} 08:00"),
+        ("601", "air_cooler_1", "temp_set", 16.5, f"{last} 10:00"),
+    ])
+    for day in DAYS:
+        run(res, day, assets=[env_readings, setpoint_snapshots, setpoint_change_events,
+                              image_manifest, image_embeddings])
+    frame = pd.DataFrame(images, columns=["object_key", "room", "day", "captured_at"])
+    stored = query(warehouse, "SELECT object_key, embedding::text AS v FROM mushroom.image_embeddings")
+    vectors = {k: np.array(v[1:-1].split(","), dtype=np.float32) for k, v in stored.values}
+    frame["vector"] = frame["object_key"].map(vectors)
+    readings = pd.DataFrame(readings, columns=["room", "metric", "value", "measured_at"])
+    readings["metric"] = readings["metric"].replace({"temperature": "temperature_c"})
+    return types.SimpleNamespace(res=res, images=frame, readings=readings,
+                                 model=res["clip_encoder"].model_id())
+
+
+def reading_at_capture(farm, metric: str) -> pd.Series:
+    """Per image: the value of the reading of `metric` nearest its capture time within ±15
+    minutes, NaN without one (computed here in pandas, apart from the SQL)."""
+    values = {}
+    for image in farm.images.itertuples():
+        own = farm.readings[(farm.readings["room"] == image.room) & (farm.readings["metric"] == metric)]
+        gap = (own["measured_at"] - image.captured_at).abs()
+        near = own[gap <= pd.Timedelta(minutes=15)].assign(gap=gap).sort_values("gap")
+        values[image.object_key] = near["value"].iloc[0] if len(near) else np.nan
+    return pd.Series(values)
+
+
+def distances(farm, vector: np.ndarray) -> pd.Series:
+    stacked, vector = np.stack(farm.images["vector"]).astype(np.float64), vector.astype(np.float64)
+    cosine = stacked @ vector / (np.linalg.norm(stacked, axis=1) * np.linalg.norm(vector))
+    return pd.Series(1 - cosine, index=farm.images["object_key"])
+
+
+@pytest.fixture
+def cli_search(farm, monkeypatch, capsys):
+    """`mushroom-pipeline search …` in process, on the test's database and tiny CLIP; returns
+    its standard output."""
+    @contextlib.contextmanager
+    def test_resources(*keys):
+        yield types.SimpleNamespace(**farm.res)
+
+    monkeypatch.setattr("mushroom_pipeline.definitions.resources_outside_a_run", test_resources)
+
+    def search_command(*args: str) -> str:
+        capsys.readouterr()
+        cli.main(["search", *args])
+        return capsys.readouterr().out
+
+    return search_command
+
+
+def test_environment_filters_pass_exactly_the_images_whose_nearest_reading_passes(farm, cli_search):
+    humidity = reading_at_capture(farm, "humidity_pct")
+    temperature = reading_at_capture(farm, "temperature_c")
+    assert humidity.isna().sum() == 3  # images without a reading within ±15 minutes
+    humid = set(humidity[humidity >= 90].index)
+    assert 0 < len(humid) < len(farm.images)
+    # the farther reading would pass some images the nearest one does not
+    decoys = farm.readings[farm.readings["value"] == 99.0]
+    assert len(decoys) > 3
+
+    similar = farm.images["object_key"].iloc[0]
+    found = json.loads(cli_search("--similar", similar, "--where", "humidity_pct>=90",
+                                  "--limit", "50", "--json"))
+    # --similar searches other days than its image's: the expectation too
+    other_days = set(farm.images.loc[farm.images["day"] != DAYS[0], "object_key"])
+    assert {hit["object_key"] for hit in found} == humid & other_days
+
+    vector = farm.images["vector"].iloc[0]
+    both = nearest(farm.res["warehouse"], vector, farm.model, limit=50, where=[
+        Condition("humidity_pct", ">=", 90), Condition("temperature_c", "<", 17)])
+    assert set(both["object_key"]) == humid & set(temperature[temperature < 17].index)
+    not_90 = nearest(farm.res["warehouse"], vector, farm.model, limit=50,
+                     where=[Condition("humidity_pct", "!=", 90)])
+    assert set(not_90["object_key"]) == set(humidity[humidity.notna() & (humidity != 90)].index)
+
+    # fewer than the filter passes: the nearest of them, as numpy ranks them
+    top = nearest(farm.res["warehouse"], vector, farm.model, limit=3,
+                  where=[Condition("humidity_pct", ">=", 90)])
+    expected = distances(farm, vector)[sorted(humid)].sort_values()
+    assert list(top["object_key"]) == list(expected.index[:3])
+    np.testing.assert_allclose(top["distance"], expected.iloc[:3], atol=1e-5)
+
+
+def test_from_and_to_bound_the_days_inclusively(farm, cli_search):
+    vector = farm.images["vector"].iloc[0]
+    hits = nearest(farm.res["warehouse"], vector, farm.model, limit=50,
+                   day_from=DAYS[1], day_to=DAYS[2], room="612")
+    expected = farm.images[(farm.images["day"] >= DAYS[1]) & (farm.images["room"] == "612")]
+    assert sorted(hits["object_key"]) == sorted(expected["object_key"])
+    rows = markdown_rows(cli_search("--similar", farm.images["object_key"].iloc[0],
+                                    "--from", DAYS[1], "--to", DAYS[1], "--limit", "50"))
+    assert sorted(r["object_key"] for r in rows) == sorted(
+        farm.images.loc[farm.images["day"] == DAYS[1], "object_key"])
+    one_day = markdown_rows(cli_search("--similar", farm.images["object_key"].iloc[0],
+                                       "--day", DAYS[2], "--room", "601", "--limit", "50"))
+    assert {r["object_key"] for r in one_day} == set(
+        farm.images.loc[(farm.images["day"] == DAYS[2]) & (farm.images["room"] == "601"), "object_key"])
+
+
+def test_max_distance_cuts_the_ranked_hits(farm):
+    vector = farm.images["vector"].iloc[3]
+    ranked = distances(farm, vector).sort_values()
+    cutoff = float((ranked.iloc[5] + ranked.iloc[6]) / 2)
+    hits = nearest(farm.res["warehouse"], vector, farm.model, limit=50, max_distance=cutoff)
+    assert list(hits["object_key"]) == list(ranked.index[:6])
+    assert (hits["distance"] <= cutoff).all()
+    assert len(nearest(farm.res["warehouse"], vector, farm.model, limit=3, max_distance=cutoff)) == 3
+    assert nearest(farm.res["warehouse"], vector, farm.model, limit=50, max_distance=1e-6).shape[0] == 1
+
+
+def greedy_distinct(farm, vector: np.ndarray, day_other_than: str | None = None) -> list[str]:
+    """The ranked keys less those within cosine distance 0.005 of a better-ranked one kept in
+    their room (numpy, apart from the SQL)."""
+    ranked = distances(farm, vector).sort_values(kind="stable")
+    images = farm.images.set_index("object_key")
+    ranked = ranked[images.loc[ranked.index, "day"] != day_other_than]
+    kept: list[str] = []
+    for k in ranked.index:
+        v = images.loc[k, "vector"].astype(np.float64)
+        if not any(images.loc[o, "room"] == images.loc[k, "room"]
+                   and 1 - v @ images.loc[o, "vector"] / np.linalg.norm(v)
+                   / np.linalg.norm(images.loc[o, "vector"]) <= 0.005 for o in kept):
+            kept.append(k)
+    return kept
+
+
+def test_distinct_drops_a_duplicate_frame_and_still_fills_the_limit(farm, cli_search):
+    original = image_key("601", DAYS[2], "dupa", 16)
+    vector = farm.images.set_index("object_key").loc[original, "vector"]
+    plain = nearest(farm.res["warehouse"], vector, farm.model, limit=4)
+    assert set(plain["object_key"][:2]) == {original, DUPLICATE}  # the same frame, twice
+    expected = greedy_distinct(farm, vector)
+    assert len({original, DUPLICATE} & set(expected)) == 1
+    # the tiny untrained CLIP puts photos close: some fall within 0.005 of another as well,
+    # but most are kept, in both rooms
+    assert len(farm.images) - 1 > len(expected) > len(farm.images) / 2
+    distinct = nearest(farm.res["warehouse"], vector, farm.model, limit=4, distinct=True)
+    assert len(distinct) == 4  # filled: more candidates than the limit were fetched
+    assert list(distinct["object_key"])[1:] == expected[1:4]
+    assert distinct["object_key"][0] in {original, DUPLICATE}
+    everything = nearest(farm.res["warehouse"], vector, farm.model, limit=50, distinct=True)
+    assert set(everything["object_key"]) - {original, DUPLICATE} == set(expected) - {original, DUPLICATE}
+    assert len(everything) == len(expected)
+    # --limit 9 from 4 × 9 candidates: the collapsed ones replaced from further down
+    assert len(expected) >= 9
+    rows = markdown_rows(cli_search("--similar", original, "--distinct", "--limit", "9"))
+    assert [r["object_key"] for r in rows] == greedy_distinct(farm, vector, DAYS[2])[:9]
+
+
+def test_json_gives_each_hit_its_readings_and_recent_changes(farm, cli_search):
+    noon = image_key("601", DAYS[2], "cam1", 12)
+    found = json.loads(cli_search("--similar", noon, "--from", DAYS[2], "--to", DAYS[2],
+                                  "--room", "601", "--json", "--limit", "50"))
+    # --similar looks at other days: the noon frame's own day asked for gives nothing
+    assert found == []
+    ten = image_key("601", DAYS[1], "cam0", 10)
+    found = json.loads(cli_search("--similar", ten, "--day", DAYS[2], "--room", "601",
+                                  "--json", "--limit", "50"))
+    by_key = {hit["object_key"]: hit for hit in found}
+    assert set(by_key) == set(farm.images.loc[(farm.images["day"] == DAYS[2])
+                                              & (farm.images["room"] == "601"), "object_key"])
+    hit = by_key[noon]
+    assert set(hit) == {"object_key", "room", "day", "captured_at", "distance", "batch",
+                        "growth_day", "readings", "recent_changes"}
+    assert (hit["room"], hit["day"], hit["batch"], hit["growth_day"]) == ("601", DAYS[2], None, None)
+    assert pd.Timestamp(hit["captured_at"]) == at(DAYS[2], 12)
+    assert hit["distance"] == pytest.approx(
+        distances(farm, farm.images.set_index("object_key").loc[ten, "vector"])[noon], abs=1e-5)
+    humidity, temperature = (reading_at_capture(farm, m)[noon] for m in ("humidity_pct", "temperature_c"))
+    expected = {"temperature_c": temperature}
+    if not np.isnan(humidity):
+        expected["humidity_pct"] = humidity
+    assert hit["readings"] == pytest.approx(expected)
+    # temp_set 2 h before: listed; the fan's mode 7 h before: not
+    assert [(c["device"], c["point"], c["old_value"], c["new_value"], c["change_kind"])
+            for c in hit["recent_changes"]] == [("air_cooler_1", "temp_set", 18.0, 16.5, "changed")]
+    assert pd.Timestamp(hit["recent_changes"][0]["changed_at"]) == at(DAYS[2], 10)
+    # the 10:00 capture: the fan's change 5 h before is listed, with the catalog's labels
+    morning = by_key[image_key("601", DAYS[2], "cam0", 10)]["recent_changes"]
+    assert [(c["point"], c["old_label"], c["new_label"]) for c in morning] == [
+        ("mode", "auto", "manual"), ("temp_set", None, None)]
+    assert by_key[image_key("601", DAYS[2], "cam2", 14)]["recent_changes"][0]["point"] == "temp_set"
+
+
+def test_markdown_shows_the_context_as_text(farm, cli_search):
+    ten = image_key("601", DAYS[1], "cam0", 10)
+    text = cli_search("--similar", ten, "--day", DAYS[2], "--room", "601", "--limit", "50")
+    header = next(line for line in text.splitlines() if line.startswith("|"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "object_key", "room", "day", "captured_at", "distance", "batch", "growth_day",
+        "readings", "recent_changes"]
+    rows = {r["object_key"]: r for r in markdown_rows(text)}
+    noon = rows[image_key("601", DAYS[2], "cam1", 12)]
+    assert noon["recent_changes"] == "10:00 air_cooler_1 temp_set 18→16.5"
+    assert "temperature_c=" in noon["readings"]
+    assert rows[image_key("601", DAYS[2], "cam0", 10)]["recent_changes"] == (
+        "05:00 fresh_air_fan_1 mode auto→manual; 10:00 air_cooler_1 temp_set 18→16.5")
+    assert cli_search("--similar", ten, "--day", DAYS[2], "--room", "699").strip() == "no images"
+
+
+@pytest.mark.parametrize("wrong, problem", [
+    ("humidity_pct>>90", "'>90' is not a number"),
+    ("humidity_pct>abc", "'abc' is not a number"),
+    ("humidity_pct>=90; DROP TABLE x", "'90; DROP TABLE x' is not a number"),
+    ("humidity_pct>nan", "'nan' is not a number"),
+    ("humidity_pct>1_0", "'1_0' is not a number"),
+    ("humidity_pct>1e999", "'1e999' is not a finite number"),
+    (">=90", "give <metric><op><number>"),
+    ("humidity_pct 90", "give <metric><op><number>"),
+    ("unknown_metric>1", ("unknown metric 'unknown_metric'; the metrics are temperature_c "
+                          "(temperature), humidity_pct (humidity), co2_ppm (co2)")),
+    ("humidity' OR 'x<5", "unknown metric \"humidity' OR 'x\""),
+])
+def test_a_bad_where_is_an_argparse_error_naming_the_problem(wrong, problem, capsys, monkeypatch):
+    @contextlib.contextmanager
+    def catalog_only(*keys):
+        assert keys == ("farm_catalog",), "refused before the model or database"
+        yield types.SimpleNamespace(farm_catalog=FarmCatalogResource())
+
+    monkeypatch.setattr("mushroom_pipeline.definitions.resources_outside_a_run", catalog_only)
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["search", "--text", "white caps", "--where", "humidity_pct>=1", "--where", wrong])
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and "argument --where" in error and problem in error, error
+
+
+def test_conditions_parse_into_bound_values_and_whitelisted_operators():
+    assert parse_condition("humidity_pct>=90") == ("humidity_pct", ">=", 90.0)
+    assert parse_condition(" Temperature < -1.5e0 ") == ("Temperature", "<", -1.5)
+    assert parse_condition("co2!=.5") == ("co2", "!=", 0.5)
+    params = {}
+    sql = search._condition_sql(Condition("humidity_pct", "!=", 90), 0, params)
+    assert params["metric_0"] == "humidity_pct" and params["value_0"] == 90.0
+    assert "humidity_pct" not in sql and "90" not in sql and "<> %(value_0)s" in sql
+    with pytest.raises(ValueError):
+        Condition("humidity_pct", ">= 0 OR true", 1.0)
+    with pytest.raises(ValueError):
+        Condition("humidity_pct", ">", float("inf"))
+    for wrong in (["--day", "2025-12-24", "--from", "2025-12-23"], ["--from", "2025-12-24", "--to", "2025-12-23"],
+                  ["--from", "24.12.2025"], ["--max-distance", "-1"], ["--limit", "0"]):
+        with pytest.raises(SystemExit):
+            cli.main(["search", "--text", "x", *wrong])
