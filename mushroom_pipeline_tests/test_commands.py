@@ -127,7 +127,7 @@ def check_the_farms_language(url: str, output: str) -> None:
                   f"WHERE day = '{story}' AND longest_gap_min >= 170")
     assert ("612", "humidity_pct", True) in silent, silent
     frozen = rows("SELECT room FROM mushroom.camera_health "
-                  f"WHERE day = '{story}' AND near_duplicate_share >= 0.5")
+                  f"WHERE day = '{story}' AND identical_frame_share >= 0.5")
     assert frozen == [("611",)], frozen
     assert rows("SELECT room, point, new_value FROM mushroom.change_responses "
                 f"WHERE day = '{story}' AND metric = 'temperature_c'") == [("607", "temp_set", 17.0)]

@@ -239,6 +239,8 @@ def independent_camera_health(images: dict, checkpoint) -> pd.DataFrame:
                  * [0.299, 0.587, 0.114]).sum(axis=2).mean() for b in frames]
         rows.append({"day": dt.date.fromisoformat(day), "room": room, "images": len(frames),
                      "mean_luminance": np.mean(luma),
+                     # the same bytes sent again: identical pictures
+                     "identical_frame_pairs": sum(a == b for a, b in itertools.pairwise(frames)),
                      "near_duplicate_pairs": int(sum(c >= 0.995 for c in cos)),
                      "near_duplicate_share": np.mean([c >= 0.995 for c in cos]),
                      "mean_shift_from_previous_day": shift})
@@ -277,8 +279,8 @@ def test_camera_health_matches_numpy_and_its_check_names_frozen_and_moved_camera
     actual = stored_camera_health(warehouse)
     expected = independent_camera_health(images, checkpoint)
 
-    assert actual[["day", "room", "images", "near_duplicate_pairs"]].values.tolist() == \
-        expected[["day", "room", "images", "near_duplicate_pairs"]].values.tolist()
+    counts = ["day", "room", "images", "identical_frame_pairs", "near_duplicate_pairs"]
+    assert actual[counts].values.tolist() == expected[counts].values.tolist()
     np.testing.assert_allclose(actual["near_duplicate_share"], expected["near_duplicate_share"])
     np.testing.assert_allclose(actual["mean_shift_from_previous_day"],
                                expected["mean_shift_from_previous_day"], atol=1e-5)
@@ -289,6 +291,8 @@ def test_camera_health_matches_numpy_and_its_check_names_frozen_and_moved_camera
     row = actual.set_index(["day", "room"])
     day2 = dt.date.fromisoformat(CAMERA_DAYS[1])
     assert row.loc[(day2, "602"), "near_duplicate_share"] == 0.5  # capture order, not key order
+    assert row.loc[(day2, "602"), "identical_frame_share"] == 0.5
+    assert row.loc[(day2, "601"), "identical_frame_share"] == 0.0
     assert row.loc[(day2, "601"), "mean_shift_from_previous_day"] < 0.02
     assert row.loc[(day2, "603"), "mean_shift_from_previous_day"] > 0.02
     assert row.loc[(day2, "601"), "first_captured_at"] == pd.Timestamp(f"{CAMERA_DAYS[1]} 08:00", tz="UTC")
@@ -324,6 +328,7 @@ def test_the_camera_check_thresholds_for_a_pretrained_clip():
     day = dt.date(2025, 12, 25)
     health = pd.DataFrame({
         "day": [day] * 5, "room": ["a", "b", "c", "d", "e"], "images": [3, 3, 1, 3, 3],
+        "identical_frame_share": [0.0, 0.0, np.nan, 0.0, 0.0],
         "near_duplicate_share": [0.5, 0.49, np.nan, 0.0, 0.0],
         "mean_shift_from_previous_day": [0.0, 0.0, np.nan, 0.15, 0.149],
     })
@@ -331,6 +336,11 @@ def test_the_camera_check_thresholds_for_a_pretrained_clip():
     assert evaluation.description == "frozen: a; moved or blocked: d"
     assert evaluation.metadata["moved_after_distance"].value == 0.15
     assert vision_health.check_cameras(health.iloc[[1, 2, 4]]).passed
+    # untrained (random) weights: every vector alike, so neither vector rule judges; the same
+    # picture sent again still does
+    untrained = health.assign(identical_frame_share=[0.0, 0.0, np.nan, 0.0, 0.5])
+    evaluation = vision_health.check_cameras(untrained, vectors_meaningful=False)
+    assert evaluation.description == "frozen: e" and evaluation.metadata["vectors_judged"].value is False
 
 
 def test_days_without_readings_or_images_materialize_empty_and_pass(warehouse, tmp_path, tiny_clip):

@@ -68,9 +68,10 @@ INSIGHTS_SQL = {
         FROM mushroom.sensor_health WHERE day = %(day)s
           AND (longest_gap_min >= 180 OR longest_flatline_min >= 360) ORDER BY room, metric""",
     "cameras": """
-        SELECT room, images, near_duplicate_share, round(mean_luminance::numeric, 1) AS mean_luminance
+        SELECT room, images, identical_frame_share, near_duplicate_share,
+               round(mean_luminance::numeric, 1) AS mean_luminance
         FROM mushroom.camera_health WHERE day = %(day)s AND model = %(model)s
-        ORDER BY near_duplicate_share DESC NULLS LAST, room""",
+        ORDER BY identical_frame_share DESC NULLS LAST, room""",
     "charts": "SELECT room, path FROM mushroom.room_daily_charts WHERE day = %(day)s ORDER BY room",
 }
 # A batch is new when it replaced one the room reported before (on its first day every room's
@@ -176,7 +177,8 @@ def materialize_demo(defs, resources, settings: Settings, days: int, random_weig
     for title, name in ((f"Insights of {story}: the least compliant (room, metric)", "compliance"),
                         ("Did the cooler's change work (change_responses)", "responses"),
                         ("Silent (gap ≥ 3 h) or stuck (≥ 6 h) sensors (sensor_health)", "sensors"),
-                        ("Cameras (camera_health: near-duplicate share ≥ 0.5 = frozen)", "cameras"),
+                        ("Cameras (camera_health: identical frames ≥ 0.5 = frozen; with random weights "
+                         "the CLIP near-duplicate share says nothing)", "cameras"),
                         ("A picture of the day per room (room_daily_charts)", "charts")):
         print(f"\n{title}:")
         print(insights[name].to_markdown(index=False, tablefmt="simple", disable_numparse=True)

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import numpy as np
+from PIL import Image
 import pandas as pd
 from pgvector.psycopg2 import register_vector
 
@@ -56,6 +57,11 @@ FROZEN_SHARE = 0.5
 MOVED_AFTER_DISTANCE = 0.15
 LUMINANCE_MIN_SIDE = 64  # decode_image's min_side: a JPEG is decoded at 128 px a side or more
 LUMA = np.array([0.299, 0.587, 0.114])
+# Model-independent: consecutive frames whose 32×32 gray thumbnails differ by less than one gray
+# level on average are the same picture sent again. With untrained (random) CLIP weights every
+# vector is alike, so only this rule judges a frozen camera then, and no camera is judged moved.
+THUMBNAIL_SIDE = 32
+IDENTICAL_MEAN_ABS_DIFF = 1.0
 
 CAMERA_HEALTH_SCHEMA = column_schema(
     ("day", "date", "the capture day: the key's folder date"),
@@ -72,6 +78,11 @@ CAMERA_HEALTH_SCHEMA = column_schema(
     ("luminance_skipped", "bigint",
      ("images whose pixels could not be read (gone from the object store, or no longer "
       "decodable): left out of mean_luminance")),
+    ("identical_frame_pairs", "bigint",
+     (f"consecutive frames whose {THUMBNAIL_SIDE}×{THUMBNAIL_SIDE} gray thumbnails differ by "
+      f"less than {IDENTICAL_MEAN_ABS_DIFF} gray level on average: the same picture again")),
+    ("identical_frame_share", "double precision",
+     "identical_frame_pairs / (consecutive pairs with both frames read); NULL without such pairs"),
     ("near_duplicate_pairs", "bigint",
      f"consecutive frames (capture order) whose vectors have cosine similarity ≥ {NEAR_DUPLICATE_COSINE}"),
     ("near_duplicate_share", "double precision",
@@ -114,26 +125,33 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
-def luminance(store, object_key: str) -> float | None:
-    """The image's mean Rec. 601 luma, 0–255; None when it cannot be fetched or decoded."""
+def look(store, object_key: str) -> tuple[float, np.ndarray] | None:
+    """The image's mean Rec. 601 luma (0–255) and its gray thumbnail; None when it cannot be
+    fetched or decoded."""
     try:
         decoded = decode_image(store.get(object_key), LUMINANCE_MIN_SIDE)
     except (ObjectMissingError, ImageRejected):
         return None
-    return float((np.asarray(decoded.image, dtype=np.float64) @ LUMA).mean())
+    gray = np.asarray(decoded.image, dtype=np.float64) @ LUMA
+    thumbnail = decoded.image.convert("L").resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.BILINEAR)
+    return float(gray.mean()), np.asarray(thumbnail, dtype=np.float64)
 
 
-def room_health(day: dt.date, room: str, group: pd.DataFrame, lumas: list[float | None],
-                previous: np.ndarray | None) -> dict:
+def room_health(day: dt.date, room: str, group: pd.DataFrame,
+                looks: list[tuple[float, np.ndarray] | None], previous: np.ndarray | None) -> dict:
     vectors = np.stack(group["embedding"])
     similar = [cosine(a, b) >= NEAR_DUPLICATE_COSINE for a, b in itertools.pairwise(vectors)]
-    read = [v for v in lumas if v is not None]
+    read = [seen for seen in looks if seen is not None]
+    identical = [float(np.abs(a[1] - b[1]).mean()) < IDENTICAL_MEAN_ABS_DIFF
+                 for a, b in itertools.pairwise(looks) if a is not None and b is not None]
     return {
         "day": day, "room": room, "images": len(group),
         "first_captured_at": group["captured_at"].min(),
         "last_captured_at": group["captured_at"].max(),
-        "mean_luminance": float(np.mean(read)) if read else np.nan,
-        "luminance_images": len(read), "luminance_skipped": len(lumas) - len(read),
+        "mean_luminance": float(np.mean([luma for luma, _ in read])) if read else np.nan,
+        "luminance_images": len(read), "luminance_skipped": len(looks) - len(read),
+        "identical_frame_pairs": sum(identical),
+        "identical_frame_share": sum(identical) / len(identical) if identical else np.nan,
         "near_duplicate_pairs": sum(similar),
         "near_duplicate_share": sum(similar) / len(similar) if similar else np.nan,
         "mean_shift_from_previous_day":
@@ -144,18 +162,25 @@ def room_health(day: dt.date, room: str, group: pd.DataFrame, lumas: list[float 
 camera_spec = dg.AssetCheckSpec(
     "no_frozen_or_moved_cameras",
     asset="camera_health",
-    description=f"No camera frozen (near_duplicate_share ≥ {FROZEN_SHARE}: consecutive frames "
-    f"with cosine similarity ≥ {NEAR_DUPLICATE_COSINE}) nor moved or blocked "
-    f"(mean_shift_from_previous_day ≥ {MOVED_AFTER_DISTANCE} cosine distance). Names each.",
+    description=f"No camera frozen (identical_frame_share or near_duplicate_share ≥ "
+    f"{FROZEN_SHARE}: consecutive frames the same picture, or with CLIP cosine ≥ "
+    f"{NEAR_DUPLICATE_COSINE}) nor moved or blocked (mean_shift_from_previous_day ≥ "
+    f"{MOVED_AFTER_DISTANCE} cosine distance). With untrained (random) weights the vectors are "
+    "not judged: only identical frames count. Names each.",
 )
 
 
-def check_cameras(health: pd.DataFrame, moved_after: float | None = None) -> dg.AssetCheckResult:
-    """Names every room whose camera looks frozen or moved on some day of `health`."""
+def check_cameras(health: pd.DataFrame, moved_after: float | None = None,
+                  vectors_meaningful: bool = True) -> dg.AssetCheckResult:
+    """Names every room whose camera looks frozen or moved on some day of `health`.
+    `vectors_meaningful`: False for untrained weights, whose vectors are all alike."""
     moved_after = MOVED_AFTER_DISTANCE if moved_after is None else moved_after
-    frozen = health[health["near_duplicate_share"] >= FROZEN_SHARE]
-    moved = health[health["mean_shift_from_previous_day"] >= moved_after]
+    by_vectors = health["near_duplicate_share"] >= FROZEN_SHARE
+    frozen = health[(health["identical_frame_share"] >= FROZEN_SHARE)
+                    | (by_vectors & vectors_meaningful)]
+    moved = health[(health["mean_shift_from_previous_day"] >= moved_after) & vectors_meaningful]
     frozen_list = [{"day": str(r.day), "room": r.room, "images": int(r.images),
+                    "identical_frame_share": round(float(r.identical_frame_share), 3),
                     "near_duplicate_share": round(float(r.near_duplicate_share), 3)}
                    for r in frozen.itertuples()]
     moved_list = [{"day": str(r.day), "room": r.room,
@@ -174,6 +199,7 @@ def check_cameras(health: pd.DataFrame, moved_after: float | None = None) -> dg.
             "frozen": dg.MetadataValue.json(frozen_list),
             "moved": dg.MetadataValue.json(moved_list),
             "moved_after_distance": moved_after,
+            "vectors_judged": vectors_meaningful,
         },
     )
 
@@ -212,18 +238,20 @@ def camera_health(
         for day in days:
             frame = day_embeddings(warehouse, day, model)
             # an image gone from the store is not fetched: its vector still counts
-            lumas = list(pool.map(lambda key, gone: None if gone else luminance(object_store, key),
+            looks = list(pool.map(lambda key, gone: None if gone else look(object_store, key),
                                   frame["object_key"], frame["gone"]))
-            frame["luma"] = pd.Series(lumas, index=frame.index, dtype=object)
+            frame["look"] = pd.Series(looks, index=frame.index, dtype=object)
             for room, group in frame.groupby("room", sort=True):
-                rows.append(room_health(day, room, group, list(group["luma"]), previous.get(room)))
+                rows.append(room_health(day, room, group, list(group["look"]), previous.get(room)))
             previous = mean_vectors(frame)
     health = pd.DataFrame(rows, columns=["day", "room", *(
         c.name for c in CAMERA_HEALTH_SCHEMA.columns if c.name not in ("day", "room", "model"))])
     health.insert(2, "model", model)
-    for column in ("images", "luminance_images", "luminance_skipped", "near_duplicate_pairs"):
+    for column in ("images", "luminance_images", "luminance_skipped", "identical_frame_pairs",
+                   "near_duplicate_pairs"):
         health[column] = health[column].astype("int64")
-    for column in ("mean_luminance", "near_duplicate_share", "mean_shift_from_previous_day"):
+    for column in ("mean_luminance", "identical_frame_share", "near_duplicate_share",
+                   "mean_shift_from_previous_day"):
         health[column] = health[column].astype("float64")
     context.log.info(f"{len(health)} camera health rows, {int(health['images'].sum())} images, "
                      f"model {model}")
@@ -241,4 +269,4 @@ def camera_health(
             "rows": markdown_preview(health),
         },
     )
-    yield check_cameras(health)
+    yield check_cameras(health, vectors_meaningful=clip_encoder.pretrained != "random")
