@@ -100,11 +100,36 @@ def our_postmaster(pgdata: Path) -> psutil.Process | None:
     return None
 
 
+def _pid_file_is_stale(pgdata: Path) -> bool:
+    """Whether postmaster.pid names no process, or one that clearly is not this pgdata's
+    postmaster. Never for a live server: a file Postgres is rewriting (read empty) is read again,
+    and a process that cannot be inspected is left alone; removing a live server's file would
+    make it shut itself down."""
+    pid_file = pgdata / "postmaster.pid"
+    for _ in range(3):
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, IndexError):
+            time.sleep(0.2)  # being written: a live postmaster finishes in far less
+            continue
+        try:
+            process = psutil.Process(pid)
+            name, cmdline = process.name(), " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:
+            return False
+        return not (name.startswith("postgres") and str(pgdata) in cmdline)
+    return True  # unreadable three times: no postmaster is writing it
+
+
 def _remove_stale_pid_file(pgdata: Path) -> None:
     """Under the home's lock: a postmaster.pid that names no postmaster of ours goes, so that
     neither pgserver nor Postgres takes it for a running server."""
     pid_file = pgdata / "postmaster.pid"
-    if pid_file.exists() and our_postmaster(pgdata) is None:
+    if _pid_file_is_stale(pgdata):
         logging.getLogger(__name__).warning(
             f"{pid_file} names no running postmaster of this pgdata (stale after a restart?): "
             "removed"

@@ -66,3 +66,24 @@ def test_a_server_that_crashed_is_started_again_on_next_use(home):
     crashed.wait(10)
     assert query_one(home) == 1  # the same process, the same cached engine
     assert embedded.our_postmaster(home / "pgdata").pid != crashed.pid
+
+
+def test_a_live_servers_pid_file_read_while_rewritten_is_never_taken_for_stale(home):
+    """Postgres rewrites postmaster.pid in place: a reader may find it empty for a moment.
+    Removing a live server's file makes it shut itself down, so an empty read is read again."""
+    import threading
+
+    assert query_one(home) == 1
+    pgdata = home / "pgdata"
+    pid_file = pgdata / "postmaster.pid"
+    content = pid_file.read_text()
+    pid_file.write_text("")  # caught mid-rewrite
+    threading.Timer(0.1, pid_file.write_text, (content,)).start()
+    assert embedded._pid_file_is_stale(pgdata) is False
+    embedded._remove_stale_pid_file(pgdata)
+    assert pid_file.read_text() == content
+    assert query_one(home) == 1
+    # a file that stays unreadable names no writer: stale
+    pid_file.write_text("")
+    assert embedded._pid_file_is_stale(pgdata) is True
+    pid_file.write_text(content)
