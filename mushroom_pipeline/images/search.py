@@ -128,21 +128,16 @@ def nearest(
     so gathering more raises recall, at the cost of a longer walk.
     """
     filters, params = ["e.model = %(model)s"], {"model": model}
-    if room:
-        filters.append("e.room = %(room)s")
-        params["room"] = room
-    if day:
-        filters.append("e.day = %(day)s")
-        params["day"] = day
-    if day_from:
-        filters.append("e.day >= %(day_from)s")
-        params["day_from"] = day_from
-    if day_to:
-        filters.append("e.day <= %(day_to)s")
-        params["day_to"] = day_to
-    if other_days_than:
-        filters.append("e.day <> %(other)s")
-        params["other"] = other_days_than
+    for condition, name, value in (
+        ("e.room = %(room)s", "room", room),
+        ("e.day = %(day)s", "day", day),
+        ("e.day >= %(day_from)s", "day_from", day_from),
+        ("e.day <= %(day_to)s", "day_to", day_to),
+        ("e.day <> %(other)s", "other", other_days_than),
+    ):
+        if value:
+            filters.append(condition)
+            params[name] = value
     if growth_days:
         filters.append(
             f"(e.room, e.day) IN (SELECT room, day FROM {BATCHES_TABLE} "
