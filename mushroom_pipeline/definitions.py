@@ -1,4 +1,7 @@
-"""The code location: what `workspace.yaml` and `dagster ... -m mushroom_pipeline.definitions` load."""
+"""The code location: what `workspace.yaml` and `dagster ... -m mushroom_pipeline.definitions` load.
+
+`defs` is built when the code location loads (in the webserver, the daemon and each run's worker),
+not at import: the MUSHROOM_* variables are read then, by the functions below."""
 
 import os
 from collections.abc import Iterator
@@ -16,9 +19,9 @@ from mushroom_pipeline.defs.automation.alerts import (
 from mushroom_pipeline.images.describer import DescriberResource
 from mushroom_pipeline.images.encoder import DEFAULT_BATCH_SIZE, ClipEncoderResource
 from mushroom_pipeline.objectstore import LocalObjectStore, ObjectStore, S3ObjectStore
-from mushroom_pipeline.partitions import SETTINGS
+from mushroom_pipeline.partitions import FARM_TIMEZONE
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.settings import ConfigurationError
+from mushroom_pipeline.settings import ConfigurationError, load_settings
 from mushroom_pipeline.warehouse.io_manager import PostgresPandasIOManager
 
 
@@ -36,7 +39,7 @@ def object_store_resource() -> ObjectStore:
     bucket = os.environ.get("MUSHROOM_IMAGE_BUCKET", "").strip() or "mushroom-images"
     endpoint = _env_var("MUSHROOM_MINIO_ENDPOINT")
     if endpoint is None:
-        return LocalObjectStore(home=str(SETTINGS.home), bucket=bucket)
+        return LocalObjectStore(home=str(load_settings().home), bucket=bucket)
     return S3ObjectStore(
         endpoint=endpoint,
         access_key=_env_var("MUSHROOM_MINIO_ACCESS_KEY"),
@@ -62,7 +65,7 @@ def farm_catalog_resource() -> FarmCatalogResource:
 
 def database_resources() -> dict[str, object]:
     """What the Postgres assets need: both databases, the I/O manager and the farm's catalog."""
-    common = {"home": str(SETTINGS.home), "timezone": SETTINGS.timezone,
+    common = {"home": str(load_settings().home), "timezone": FARM_TIMEZONE,
               "lock_timeout_s": _positive_int("MUSHROOM_LOCK_TIMEOUT_S", 300)}
     warehouse = PostgresResource(url=_env_var("MUSHROOM_DATABASE_URL"), **common)
     if _env_var("MUSHROOM_SOURCE_DATABASE_URL"):
@@ -136,17 +139,20 @@ def executor():
     return None
 
 
-# Assets, checks, jobs, schedules and sensors: whatever the modules under defs/ define (one folder
-# per domain); the resources and the executor: built here from the MUSHROOM_* variables.
-defs = dg.Definitions.merge(
-    dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-    dg.Definitions(resources=all_resources(), executor=executor()),
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Assets, checks, jobs, schedules and sensors: whatever the modules under defs/ define (one
+    folder per domain); the resources and the executor: built from the MUSHROOM_* variables."""
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+        dg.Definitions(resources=all_resources(), executor=executor()),
+    )
 
 
 @contextmanager
 def resources_outside_a_run(*keys: str) -> Iterator[object]:
     """The code location's resources exactly as a run gets them (each `dg.EnvVar` resolved), for
     the code that runs outside one: the CLI and the demo. Attributes are the keys."""
-    with dg.build_resources({key: defs.resources[key] for key in keys}) as resources:
+    configured = defs().resources
+    with dg.build_resources({key: configured[key] for key in keys}) as resources:
         yield resources

@@ -70,7 +70,9 @@ def apply_persisted_choices(home: Path) -> dict[str, str]:
     return applied
 
 
-def load_settings() -> Settings:
+def farm_calendar() -> tuple[str, str]:
+    """(timezone, first day) of the farm's daily partitions, checked: MUSHROOM_TIMEZONE and
+    MUSHROOM_START_DATE, or the home's persisted choices, or the defaults."""
     apply_persisted_choices(Path(_env("MUSHROOM_HOME") or ".mushroom"))
     timezone = _env("MUSHROOM_TIMEZONE") or "UTC"
     try:
@@ -86,6 +88,11 @@ def load_settings() -> Settings:
         raise ConfigurationError(
             f"MUSHROOM_START_DATE={start_date!r} is not a date in the form YYYY-MM-DD"
         ) from err
+    return timezone, start_date
+
+
+def load_settings() -> Settings:
+    timezone, start_date = farm_calendar()
     return Settings(
         home=Path(_env("MUSHROOM_HOME") or ".mushroom").absolute(),
         database_url=_env("MUSHROOM_DATABASE_URL"),

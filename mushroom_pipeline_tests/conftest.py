@@ -8,13 +8,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-# The definitions read the environment at import: settle it before any project import.
-for name in list(os.environ):
-    if name.startswith("MUSHROOM_") or name == "DAGSTER_HOME":
-        del os.environ[name]
+# The test session's variables. Of these only the farm's calendar is read at import (it shapes
+# the partitions, see mushroom_pipeline.partitions); the rest when a test builds its resources.
 TEST_HOME = Path(tempfile.mkdtemp(prefix="mushroom-test-"))
-os.environ["MUSHROOM_HOME"] = str(TEST_HOME)
-os.environ["MUSHROOM_START_DATE"] = "2015-01-01"  # the UCI readings are from February 2015
+SESSION_VARIABLES = {
+    "MUSHROOM_HOME": str(TEST_HOME),
+    "MUSHROOM_TIMEZONE": "UTC",
+    "MUSHROOM_START_DATE": "2015-01-01",  # the UCI readings are from February 2015
+}
+os.environ.update(SESSION_VARIABLES)
 
 import pytest  # noqa: E402
 
@@ -39,6 +41,17 @@ def _shared_data() -> Path:
 
 
 DATA = _shared_data()
+
+
+@pytest.fixture(autouse=True)
+def only_the_sessions_variables(monkeypatch):
+    """A developer's own MUSHROOM_DATABASE_URL, DAGSTER_HOME… never reach a test (they are read
+    at run time, so clearing them before each test is enough); a test sets what it needs."""
+    for name in list(os.environ):
+        if (name.startswith("MUSHROOM_") or name == "DAGSTER_HOME") and name not in SESSION_VARIABLES:
+            monkeypatch.delenv(name)
+    for name, value in SESSION_VARIABLES.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -64,7 +64,7 @@ def sensor_tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, curso
 
     available = {**all_resources(), **resources}
     with dg.build_sensor_context(
-        instance=instance, cursor=cursor, repository_def=defs.get_repository_def(),
+        instance=instance, cursor=cursor, repository_def=defs().get_repository_def(),
         sensor_name=sensor.name,
         resources={key: available[key] for key in sensor.required_resource_keys},
     ) as context:
@@ -77,7 +77,7 @@ def launch_as_sensor(instance: dg.DagsterInstance, sensor_name: str, request: dg
     key and sensor tags Dagster sets."""
     from mushroom_pipeline.definitions import defs
 
-    return defs.resolve_job_def(job_name).execute_in_process(
+    return defs().resolve_job_def(job_name).execute_in_process(
         partition_key=request.partition_key, instance=instance, raise_on_error=False,
         tags={**request.tags, "dagster/sensor_name": sensor_name, "dagster/run_key": request.run_key},
     )

@@ -39,7 +39,7 @@ def passing():
 def tick(sensor, instance, cursor, url=None, timeout_s=5.0):
     """One evaluation of an alert sensor; returns (cursor after, skip message)."""
     with dg.build_sensor_context(
-        instance=instance, cursor=cursor, repository_def=defs.get_repository_def(),
+        instance=instance, cursor=cursor, repository_def=defs().get_repository_def(),
         resources={"alert_webhook": AlertWebhookResource(url=url, timeout_s=timeout_s)},
     ) as context:
         result = sensor.evaluate_tick(context)
@@ -154,8 +154,8 @@ def test_every_asset_retries_transient_errors_and_the_heavy_steps_share_pools():
     for key in ("env_readings", "env_daily_stats", "setpoint_snapshots", "setpoint_change_events",
                 "switch_daily_stats", "room_batches", "image_manifest", "image_embeddings",
                 "setpoint_compliance", "change_responses"):
-        assets_def = defs.resolve_assets_def(key)
+        assets_def = defs().resolve_assets_def(key)
         assert next(iter(assets_def.node_def.retry_policy and [assets_def.node_def.retry_policy])) == TRANSIENT_RETRY
-    assert defs.resolve_assets_def("image_embeddings").node_def.pool == "clip"
-    assert defs.resolve_assets_def("env_readings").node_def.pool == "postgres_heavy"
-    assert defs.resolve_assets_def("setpoint_snapshots").node_def.pool == "postgres_heavy"
+    assert defs().resolve_assets_def("image_embeddings").node_def.pool == "clip"
+    assert defs().resolve_assets_def("env_readings").node_def.pool == "postgres_heavy"
+    assert defs().resolve_assets_def("setpoint_snapshots").node_def.pool == "postgres_heavy"

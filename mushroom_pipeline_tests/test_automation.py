@@ -26,17 +26,17 @@ from .helpers import (
 
 
 def test_definitions_load():
-    dg.Definitions.validate_loadable(defs)
-    assert {s.name for s in defs.schedules} >= {"daily_env_stats"}
+    dg.Definitions.validate_loadable(defs())
+    assert {s.name for s in defs().schedules} >= {"daily_env_stats"}
     for key in ("env_readings", "env_daily_stats"):
-        assert defs.resolve_assets_def(key) is not None
+        assert defs().resolve_assets_def(key) is not None
 
 
 def test_the_daily_schedule_requests_yesterday_at_0103():
     assert daily_env_stats.cron_schedule == "3 1 * * *"
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime(2026, 1, 14, 1, 3, tzinfo=dt.timezone.utc),
-        repository_def=defs.get_repository_def(),
+        repository_def=defs().get_repository_def(),
     )
     requests = list(daily_env_stats.evaluate_tick(context).run_requests)
     assert [r.partition_key for r in requests] == ["2026-01-13"]
@@ -75,13 +75,13 @@ def test_the_clip_schedule_requests_yesterdays_images_at_0302():
     assert daily_clip_inference.job_name == "vision_job"
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime(2026, 1, 14, 3, 2, tzinfo=dt.timezone.utc),
-        repository_def=defs.get_repository_def(),
+        repository_def=defs().get_repository_def(),
     )
     requests = list(daily_clip_inference.evaluate_tick(context).run_requests)
     assert [r.partition_key for r in requests] == ["2026-01-13"]
     # the nightly run covers camera_health too (the new-images sensor asks for the first two)
     assert {"image_manifest", "image_embeddings", "camera_health"} == {
-        k.to_user_string() for k in defs.resolve_job_def("vision_job").asset_layer.executable_asset_keys
+        k.to_user_string() for k in defs().resolve_job_def("vision_job").asset_layer.executable_asset_keys
     }
 
 
@@ -199,7 +199,7 @@ def test_a_late_setpoint_reruns_its_day_and_the_next_whose_baseline_it_changes(w
             request.tags["dagster/asset_partition_range_end"]) == (d1.isoformat(), d2.isoformat())
     from mushroom_pipeline.definitions import defs
 
-    assert defs.resolve_job_def("setpoints_job").execute_in_process(
+    assert defs().resolve_job_def("setpoints_job").execute_in_process(
         instance=instance, tags={**request.tags, "dagster/run_key": request.run_key}).success
     events = query(warehouse, "SELECT day, old_value, new_value FROM mushroom.setpoint_change_events "
                               "ORDER BY changed_at")
@@ -297,12 +297,12 @@ def test_a_daily_asset_whose_yesterday_is_missing_after_the_deadline_fails_its_f
                           partition_key=(today - dt.timedelta(days=1)).isoformat()).success
     assert evaluate().passed
     # every daily asset carries one, run by a sensor that is on by default
-    checked = {key.asset_key.to_user_string() for key in defs.resolve_asset_graph().asset_check_keys
+    checked = {key.asset_key.to_user_string() for key in defs().resolve_asset_graph().asset_check_keys
                if key.name == "yesterday_by_deadline"}
     assert checked >= {"env_readings", "env_daily_stats", "setpoint_snapshots",
                        "setpoint_change_events", "switch_daily_stats", "room_batches",
                        "image_manifest", "image_embeddings"}
-    schedule = defs.resolve_schedule_def("freshness_checks")
+    schedule = defs().resolve_schedule_def("freshness_checks")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.cron_schedule == "10 6-23 * * *"  # hourly from the default deadline, 06:00
 
@@ -313,11 +313,11 @@ def test_the_insights_schedule_runs_the_day_before_yesterday_and_yesterday_after
     assert daily_insights.cron_schedule == "33 1 * * *" and daily_insights.job_name == "insights_job"
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime(2026, 1, 14, 1, 33, tzinfo=dt.timezone.utc),
-        repository_def=defs.get_repository_def(),
+        repository_def=defs().get_repository_def(),
     )
     request, = daily_insights.evaluate_tick(context).run_requests
     assert (request.tags["dagster/asset_partition_range_start"],
             request.tags["dagster/asset_partition_range_end"]) == ("2026-01-12", "2026-01-13")
     assert {"setpoint_compliance", "change_responses"} == {
-        k.to_user_string() for k in defs.resolve_job_def("insights_job").asset_layer.executable_asset_keys
+        k.to_user_string() for k in defs().resolve_job_def("insights_job").asset_layer.executable_asset_keys
     }

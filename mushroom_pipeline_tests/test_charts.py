@@ -51,7 +51,7 @@ from mushroom_pipeline.demo.farm import (
     seed_setpoints,
 )
 from mushroom_pipeline.objectstore import LocalObjectStore
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.partitions import FARM_TIMEZONE, FARM_TZ, daily_partitions
 
 from .helpers import insert_readings, insert_setpoints, query, range_tags
 
@@ -184,8 +184,8 @@ def chart_of(resources, room: str, key: str):
     with resources["warehouse"].begin() as conn:
         pairs = map_points(catalog.points(), known_points(conn, window.end))
         data = load_chart_data(conn, resources["object_store"], pairs, metrics, room,
-                               dt.date.fromisoformat(key), window.start, window.end, SETTINGS.tz)
-    return data, render_chart(data, metrics, SETTINGS.tz)
+                               dt.date.fromisoformat(key), window.start, window.end, FARM_TZ)
+    return data, render_chart(data, metrics, FARM_TZ)
 
 
 def markers(figure) -> dict[str, list[tuple]]:
@@ -326,20 +326,20 @@ def test_an_empty_day_has_no_chart(warehouse, tmp_path):
 
 def test_the_schedule_asks_for_yesterday_at_0407_after_the_image_run():
     assert daily_room_charts.cron_schedule == "7 4 * * *"
-    assert daily_room_charts.execution_timezone == SETTINGS.timezone
+    assert daily_room_charts.execution_timezone == FARM_TIMEZONE
     assert daily_room_charts.job_name == "charts_job" == charts_job.name
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime(2026, 1, 14, 4, 7, tzinfo=UTC),
-        repository_def=defs.get_repository_def(),
+        repository_def=defs().get_repository_def(),
     )
     request, = daily_room_charts.evaluate_tick(context).run_requests
     assert request.partition_key == "2026-01-13"
     assert {k.to_user_string() for k in
-            defs.resolve_job_def("charts_job").asset_layer.executable_asset_keys} == {
+            defs().resolve_job_def("charts_job").asset_layer.executable_asset_keys} == {
         "room_daily_charts"}
-    clip = defs.resolve_schedule_def("daily_clip_inference").cron_schedule
+    clip = defs().resolve_schedule_def("daily_clip_inference").cron_schedule
     assert clip == "2 3 * * *"  # the images of yesterday are listed by then
-    node = defs.resolve_asset_graph().get(dg.AssetKey("room_daily_charts"))
+    node = defs().resolve_asset_graph().get(dg.AssetKey("room_daily_charts"))
     assert {k.to_user_string() for k in node.parent_keys} == {
         "env_readings", "setpoint_snapshots", "setpoint_change_events", "image_manifest"}
 
@@ -376,8 +376,8 @@ def test_the_demo_farms_story_day_charts(warehouse, tmp_path):
     days = days_ending(dt.date(2026, 2, 10), 2)  # the story on the second day
     story = days[-1]
     engine = warehouse.get_engine()
-    seed_env_readings(engine, days, SETTINGS.tz)
-    seed_setpoints(engine, days, SETTINGS.tz)
+    seed_env_readings(engine, days, FARM_TZ)
+    seed_setpoints(engine, days, FARM_TZ)
     object_store = LocalObjectStore(home=str(tmp_path))
     images, corrupt = seed_images(object_store, days)
     resources = {**database_resources(), "object_store": object_store}

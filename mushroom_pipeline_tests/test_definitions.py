@@ -19,7 +19,7 @@ SIDE_TABLES = {
 
 
 def test_every_asset_has_owners_tags_a_description_and_a_group():
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         name = key.to_user_string()
@@ -32,7 +32,7 @@ def test_every_asset_has_owners_tags_a_description_and_a_group():
 
 
 def test_every_table_the_pipeline_writes_is_an_asset_downstream_of_its_writer():
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     for table, writer in SIDE_TABLES.items():
         node = graph.get(dg.AssetKey(table))
         assert dg.AssetKey(writer) in node.parent_keys, table
@@ -59,3 +59,58 @@ def test_the_writing_run_reports_each_side_table_partition_with_its_row_count(wa
     counts = {r.partition_key: r.asset_materialization.metadata["dagster/row_count"].value
               for r in records}
     assert counts == {"2026-02-01": 2, "2026-02-02": 0}
+
+
+READS_AT_IMPORT_AND_AT_LOAD = r"""
+import json, os, pkgutil, importlib, sys
+
+class Recording(dict):
+    read = set()
+    def get(self, key, default=None):
+        Recording.read.add(key)
+        return super().get(key, default)
+    def __getitem__(self, key):
+        Recording.read.add(key)
+        return super().__getitem__(key)
+    def __contains__(self, key):
+        Recording.read.add(key)
+        return super().__contains__(key)
+
+recording = Recording(os.environ)
+os.environ = recording
+import mushroom_pipeline
+for module in pkgutil.walk_packages(mushroom_pipeline.__path__, "mushroom_pipeline."):
+    importlib.import_module(module.name)
+at_import = sorted(n for n in Recording.read if n.startswith("MUSHROOM_"))
+Recording.read.clear()
+from mushroom_pipeline.definitions import defs
+try:
+    defs()
+    error = None
+except Exception as err:  # the loader wraps the module's error: keep the chain
+    error = ""
+    while err is not None:
+        error, err = error + str(err) + "\n", err.__cause__ or err.__context__
+at_load = sorted(n for n in Recording.read if n.startswith("MUSHROOM_"))
+print(json.dumps({"at_import": at_import, "at_load": at_load, "error": error}))
+"""
+
+
+def test_only_the_farms_calendar_is_read_at_import_the_rest_when_the_code_location_loads():
+    """Importing every module of the package reads MUSHROOM_HOME (its persisted choices),
+    MUSHROOM_TIMEZONE and MUSHROOM_START_DATE, which shape the partitions, and nothing else: a bad
+    value elsewhere stops the code location from loading, never an import."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUSHROOM_EXECUTOR": "ecs", "MUSHROOM_FRESH_BY_HOUR": "25",
+           "MUSHROOM_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    done = subprocess.run([sys.executable, "-c", READS_AT_IMPORT_AND_AT_LOAD], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reads = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(reads["at_import"]) <= {"MUSHROOM_HOME", "MUSHROOM_TIMEZONE", "MUSHROOM_START_DATE"}
+    assert {"MUSHROOM_FRESH_BY_HOUR"} <= set(reads["at_load"])
+    assert "MUSHROOM_FRESH_BY_HOUR='25'" in reads["error"]

@@ -158,7 +158,7 @@ def test_the_helm_values_configure_kubernetes_runs_and_the_code_location():
     assert {"name": "MUSHROOM_EXECUTOR", "value": "k8s"} in deployment["env"]
     from mushroom_pipeline.definitions import defs
 
-    tags = defs.resolve_assets_def("image_embeddings").node_def.tags["dagster-k8s/config"]
+    tags = defs().resolve_assets_def("image_embeddings").node_def.tags["dagster-k8s/config"]
     config = tags if isinstance(tags, dict) else json.loads(tags)
     assert config["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 

@@ -257,7 +257,7 @@ def test_the_hourly_schedule_runs_today_and_finalizes_yesterday_at_0005():
 
     def keys(when):
         context = dg.build_schedule_context(
-            scheduled_execution_time=when, repository_def=defs.get_repository_def()
+            scheduled_execution_time=when, repository_def=defs().get_repository_def()
         )
         return [r.partition_key for r in hourly_setpoint_monitoring.evaluate_tick(context).run_requests]
 
@@ -401,7 +401,7 @@ def test_the_late_setpoints_sensor_requests_the_changed_day_and_its_next_and_not
     from mushroom_pipeline.definitions import defs
     from mushroom_pipeline.defs.setpoints.sensors import late_setpoints_sensor
 
-    assert defs.resolve_sensor_def("late_setpoints_sensor").job_name == "setpoints_job"
+    assert defs().resolve_sensor_def("late_setpoints_sensor").job_name == "setpoints_job"
     assert late_setpoints_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert late_setpoints_sensor.minimum_interval_seconds == 300
     today = dt.datetime.now(dt.timezone.utc).date()

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from mushroom_pipeline.partitions import daily_partitions
+from mushroom_pipeline.warehouse.sql import warehouse_table
 
 
 def side_table(table: str, written_by: str, description: str, schema: dg.TableSchema,
@@ -21,7 +22,7 @@ def side_table(table: str, written_by: str, description: str, schema: dg.TableSc
         kinds={"postgres"},
         owners=owners,
         tags={**tags, "layer": "side_table"},
-        metadata={"dagster/column_schema": schema, "dagster/table_name": f"mushroom.{table}"},
+        metadata={"dagster/column_schema": schema, "dagster/table_name": warehouse_table(table)},
     )
 
 

@@ -122,15 +122,15 @@ def run_demo(settings: Settings, days: int) -> None:
         print(RANDOM_BANNER)
     # `make ui` and the CLI on this home then read the data with the same model and timezone.
     print(f"Demo choices kept in {persist_choices(settings.home)}")
-    # Imported here: the definitions read the environment set above and by prepare_dagster_home.
+    # Imported here: the partitions take the timezone and start date persisted above.
     from mushroom_pipeline.definitions import defs, resources_outside_a_run
 
     with resources_outside_a_run("warehouse", "source_database", "object_store",
                                  "clip_encoder") as resources:
-        materialize_demo(defs, resources, settings, days, random_weights)
+        materialize_demo(defs(), resources, settings, days, random_weights)
 
 
-def materialize_demo(defs, resources, settings: Settings, days: int, random_weights: bool) -> None:
+def materialize_demo(defs: dg.Definitions, resources, settings: Settings, days: int, random_weights: bool) -> None:
     warehouse, source = resources.warehouse, resources.source_database
     yesterday = dt.datetime.now(settings.tz).date() - dt.timedelta(days=1)
     demo_days = days_ending(yesterday, days)

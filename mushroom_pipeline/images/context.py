@@ -8,10 +8,10 @@ import pandas as pd
 
 from mushroom_pipeline.catalog.metrics import MetricCatalog
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.warehouse.sql import table_exists
+from mushroom_pipeline.warehouse.sql import table_exists, warehouse_table
 
-READINGS_TABLE = "mushroom.env_readings"
-BATCHES_TABLE = "mushroom.room_batches"
+READINGS_TABLE = warehouse_table("env_readings")
+BATCHES_TABLE = warehouse_table("room_batches")
 WINDOW_MINUTES = 15
 DEFAULT_DECIMALS = 1  # a metric without a resolution in the catalog
 

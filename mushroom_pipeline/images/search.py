@@ -19,14 +19,14 @@ from mushroom_pipeline.images.context import (
     WINDOW_MINUTES,
 )
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.warehouse.sql import table_exists
+from mushroom_pipeline.warehouse.sql import table_exists, warehouse_table
 
-TABLE = "mushroom.image_embeddings"
-BATCHES_TABLE = "mushroom.room_batches"
+TABLE = warehouse_table("image_embeddings")
+BATCHES_TABLE = warehouse_table("room_batches")
 # recall@10 ≥ 0.95 on 100 k clustered 512-d vectors at about half the exact scan's latency
 # (benchmarks/vector_search.py); pgvector's default of 40 gave less recall there.
 EF_SEARCH = 100
-CHANGES_TABLE = "mushroom.setpoint_change_events"
+CHANGES_TABLE = warehouse_table("setpoint_change_events")
 RECENT_CHANGE_HOURS = 6  # a hit's context: the room's setpoint changes this long before capture
 # --distinct: a hit this close to a better-ranked kept hit of its room is the same view (one
 # frame sent twice, a still picture): camera_health's near-duplicate threshold.

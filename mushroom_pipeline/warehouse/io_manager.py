@@ -24,11 +24,11 @@ from dagster._core.storage.db_io_manager import (
     DbTypeHandler,
     TableSlice,
 )
-from pydantic import Field
 
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.warehouse.frames import read_frame
 from mushroom_pipeline.warehouse.sql import (
+    WAREHOUSE_SCHEMA,
     PostgresRelation,
     qualified_name,
     quote_ident,
@@ -147,14 +147,13 @@ class PostgresPandasIOManager(dg.ConfigurableIOManagerFactory):
     """Stores pandas frames as Postgres tables, one partition slice per write."""
 
     database: PostgresResource
-    schema_: str = Field(default="mushroom", alias="schema", description="schema of the tables")
 
     def create_io_manager(self, context) -> DbIOManager:
         return DbIOManager(
             type_handlers=[PandasPostgresTypeHandler(), RelationTypeHandler()],
             db_client=PostgresClient(self.database),
             database="warehouse",
-            schema=self.schema_,
+            schema=WAREHOUSE_SCHEMA,
             io_manager_name="PostgresPandasIOManager",
             default_load_type=pd.DataFrame,
         )

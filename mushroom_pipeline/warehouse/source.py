@@ -22,8 +22,10 @@ from mushroom_pipeline.warehouse.io_manager import (
     replace_table_slice,
 )
 from mushroom_pipeline.warehouse.sql import (
+    WAREHOUSE_SCHEMA,
     PostgresRelation,
     table_exists,
+    warehouse_table,
     window_predicate,
 )
 from mushroom_pipeline.warehouse.staging import (
@@ -37,7 +39,7 @@ def time_slice(table: str, column: str, window: dg.TimeWindow) -> TableSlice:
     """The rows of mushroom.`table` whose timestamptz `column` falls in `window`."""
     return TableSlice(
         table=table,
-        schema="mushroom",
+        schema=WAREHOUSE_SCHEMA,
         partition_dimensions=[TablePartitionDimension(column, window)],
     )
 
@@ -100,8 +102,8 @@ class SourceLedger:
 
     def stored_per_day(self, warehouse: PostgresResource, start, end=None) -> dict[str, int]:
         table, count = self.stored
-        stored = rows_per_day(warehouse, f"mushroom.{table}", self.time_column, count, start, end)
-        quarantined = rows_per_day(warehouse, f"mushroom.{self.quarantine}", self.time_column,
+        stored = rows_per_day(warehouse, warehouse_table(table), self.time_column, count, start, end)
+        quarantined = rows_per_day(warehouse, warehouse_table(self.quarantine), self.time_column,
                                    "count(*)", start, end)
         for day, n in quarantined.items():
             stored[day] = stored.get(day, 0) + n
@@ -126,8 +128,8 @@ def refuse_shrinking(
     if shrunk:
         days = ", ".join(f"{day}: {now} source rows, {n} stored" for day, (now, n) in shrunk.items())
         raise dg.Failure(
-            f"{ledger.source_table} now has fewer rows than mushroom.{ledger.stored[0]} and "
-            f"mushroom.{ledger.quarantine} hold for {days}. Nothing was changed: the stored rows "
+            f"{ledger.source_table} now has fewer rows than {warehouse_table(ledger.stored[0])} and "
+            f"{warehouse_table(ledger.quarantine)} hold for {days}. Nothing was changed: the stored rows "
             "are kept. If the rows were deleted on purpose, re-run with run config "
             f"`ops: {{{asset}: {{config: {{allow_shrink: true}}}}}}` to mirror the deletion.",
             allow_retries=False,
@@ -151,7 +153,7 @@ class SourceWindow:
             "source_rows": self.source_rows,
             "invalid_rows": self.invalid_rows,
             "invalid_by_reason": dg.MetadataValue.json(self.invalid_by_reason),
-            "quarantine_table": f"mushroom.{self.quarantine_table}",
+            "quarantine_table": warehouse_table(self.quarantine_table),
         }
 
 

@@ -8,6 +8,14 @@ import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.db_io_manager import TableSlice
 
+# ../shared/CONTRACTS.md: every table the pipeline writes lives in this schema.
+WAREHOUSE_SCHEMA = "mushroom"
+
+
+def warehouse_table(name: str) -> str:
+    """The contract's qualified name of a warehouse table: `mushroom.<name>`."""
+    return f"{WAREHOUSE_SCHEMA}.{name}"
+
 
 class PostgresRelation(NamedTuple):
     """The SELECT statement of an upstream table slice, to use as a subquery."""

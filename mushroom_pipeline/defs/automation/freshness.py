@@ -26,7 +26,7 @@ from mushroom_pipeline.defs.setpoints.assets import (
 from mushroom_pipeline.defs.vision.embeddings import image_embeddings
 from mushroom_pipeline.defs.vision.health import camera_health
 from mushroom_pipeline.defs.vision.manifest import image_manifest
-from mushroom_pipeline.partitions import SETTINGS
+from mushroom_pipeline.partitions import FARM_TIMEZONE, FARM_TZ
 from mushroom_pipeline.settings import ConfigurationError
 
 DEADLINE_VARIABLE = "MUSHROOM_FRESH_BY_HOUR"
@@ -44,7 +44,7 @@ def deadline_hour() -> int:
 
 def expected_day(now: dt.datetime, hour: int) -> dt.date:
     """The newest day that must be materialized at `now`: yesterday once the deadline passed."""
-    local = now.astimezone(SETTINGS.tz)
+    local = now.astimezone(FARM_TZ)
     return local.date() - dt.timedelta(days=1 if local.hour >= hour else 2)
 
 
@@ -63,7 +63,7 @@ def freshness_check(asset: dg.AssetsDefinition, hour: int) -> dg.AssetChecksDefi
             passed=day in materialized,
             severity=dg.AssetCheckSeverity.WARN,
             description=None if day in materialized else f"{day} is not materialized yet",
-            metadata={"expected_partition": day, "deadline": f"{hour:02d}:00 {SETTINGS.timezone}"},
+            metadata={"expected_partition": day, "deadline": f"{hour:02d}:00 {FARM_TIMEZONE}"},
         )
 
     return check
@@ -79,7 +79,7 @@ def freshness_schedule(checks: list[dg.AssetChecksDefinition]) -> dg.ScheduleDef
         name="freshness_checks",
         job=dg.define_asset_job("freshness_job", selection=dg.AssetSelection.checks(*checks)),
         cron_schedule=f"10 {deadline_hour()}-23 * * *",
-        execution_timezone=SETTINGS.timezone,
+        execution_timezone=FARM_TIMEZONE,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Every daily asset's yesterday, checked hourly from the deadline on.",
     )
@@ -100,5 +100,10 @@ DAILY_ASSETS = [
     camera_health,
     room_daily_charts,
 ]
-daily_freshness_checks = freshness_checks(DAILY_ASSETS)
-freshness_checks_schedule = freshness_schedule(daily_freshness_checks)
+
+
+@dg.definitions
+def freshness_defs() -> dg.Definitions:
+    """Built when the code location loads, not at import: the deadline hour is configuration."""
+    checks = freshness_checks(DAILY_ASSETS)
+    return dg.Definitions(asset_checks=checks, schedules=[freshness_schedule(checks)])

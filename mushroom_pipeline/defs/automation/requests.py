@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import dagster as dg
 
 from mushroom_pipeline.defs.automation.alerts import AlertWebhookResource
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.partitions import FARM_TZ, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.warehouse.source import SourceLedger
 
@@ -143,9 +143,9 @@ def stale_partitions(
     """Materialized, closed days of the lookback whose source row count differs from what was
     stored. A day whose source now has fewer rows was purged (retention, a cleanup): re-running
     it would delete stored rows, so it is only reported, never requested."""
-    today = now.astimezone(SETTINGS.tz).date()
+    today = now.astimezone(FARM_TZ).date()
     first = today - dt.timedelta(days=LOOKBACK_DAYS)
-    start = dt.datetime.combine(first, dt.time(), tzinfo=SETTINGS.tz)
+    start = dt.datetime.combine(first, dt.time(), tzinfo=FARM_TZ)
     source = ledger.source_per_day(source_database, start)
     stored = ledger.stored_per_day(warehouse, start)
     closed = [

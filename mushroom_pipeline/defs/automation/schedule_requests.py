@@ -4,12 +4,12 @@ import datetime as dt
 
 import dagster as dg
 
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.partitions import FARM_TZ, daily_partitions
 
 
 def previous_day_partition(scheduled_at: dt.datetime) -> str | None:
     """Yesterday in the farm's timezone, or None before the first partition."""
-    day = scheduled_at.astimezone(SETTINGS.tz).date() - dt.timedelta(days=1)
+    day = scheduled_at.astimezone(FARM_TZ).date() - dt.timedelta(days=1)
     key = day.isoformat()
     return key if key >= daily_partitions.get_first_partition_key() else None
 

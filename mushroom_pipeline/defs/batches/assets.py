@@ -26,6 +26,7 @@ from mushroom_pipeline.warehouse.source import time_slice
 from mushroom_pipeline.warehouse.sql import (
     PostgresRelation,
     table_column_types,
+    warehouse_table,
 )
 from mushroom_pipeline.warehouse.tables import (
     column_schema,
@@ -36,7 +37,7 @@ from mushroom_pipeline.warehouse.tables import (
 
 TABLE = "room_batches"
 STATS_TABLE = "env_daily_stats"
-VIEW = "mushroom.env_daily_stats_by_batch"
+VIEW = warehouse_table("env_daily_stats_by_batch")
 VIEW_COLUMNS = ("batch", "entry_date", "growth_day")  # appended to env_daily_stats' columns
 
 BATCHES_SCHEMA = column_schema(
@@ -81,7 +82,7 @@ GROUP BY day, room, device, point
 VIEW_SQL = f"""
 CREATE OR REPLACE VIEW {VIEW} AS
 SELECT s.*, {', '.join(f'b.{c}' for c in VIEW_COLUMNS)}
-FROM mushroom.{STATS_TABLE} s LEFT JOIN mushroom.{TABLE} b USING (day, room)
+FROM {warehouse_table(STATS_TABLE)} s LEFT JOIN {warehouse_table(TABLE)} b USING (day, room)
 """
 
 
@@ -194,7 +195,7 @@ def ensure_stats_view(warehouse: PostgresResource, window: dg.TimeWindow) -> Non
             # Takes the table's lock, as the I/O manager's writes do: no race to create it.
             client.ensure_schema_exists(None, table_slice, conn)
             ensure_table(conn, table_slice, column_types(types))
-        columns = [*table_column_types(conn, f"mushroom.{STATS_TABLE}"), *VIEW_COLUMNS]
+        columns = [*table_column_types(conn, warehouse_table(STATS_TABLE)), *VIEW_COLUMNS]
         existing = list(table_column_types(conn, VIEW))
         if existing != columns[:len(existing)]:
             # CREATE OR REPLACE can only append columns; a column env_daily_stats gained since

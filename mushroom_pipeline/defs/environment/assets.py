@@ -28,7 +28,7 @@ from mushroom_pipeline.defs.environment.readings import (
 )
 from mushroom_pipeline.defs.side_tables import report_side_table, side_table
 from mushroom_pipeline.defs.sources import IOT_ENV_READINGS
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.partitions import FARM_TZ, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 from mushroom_pipeline.warehouse.frames import read_frame
@@ -43,6 +43,7 @@ from mushroom_pipeline.warehouse.source import (
 from mushroom_pipeline.warehouse.sql import (
     PostgresRelation,
     table_exists,
+    warehouse_table,
 )
 from mushroom_pipeline.warehouse.tables import (
     column_schema,
@@ -221,11 +222,11 @@ def env_daily_stats(
             QUARANTINED_GROUPS_SQL.format(**relations),
             {"day": "date", "room": "text", "metric": "text"},
         )
+        stored = warehouse_table("env_daily_stats")
         recent = pd.DataFrame(conn.exec_driver_sql(
-            "SELECT DISTINCT room, metric FROM mushroom.env_daily_stats "
-            "WHERE day >= %s AND day < %s",
+            f"SELECT DISTINCT room, metric FROM {stored} WHERE day >= %s AND day < %s",
             (window.start.date() - dt.timedelta(days=RECENT_DAYS), window.start.date()),
-        ).all() if table_exists(conn, "mushroom.env_daily_stats") else [], columns=["room", "metric"])
+        ).all() if table_exists(conn, stored) else [], columns=["room", "metric"])
     means = stats.groupby("metric")["mean"].mean()
     known = [m.name for m in farm_catalog.metrics().metrics]
     context.log.info(f"{len(stats)} stats rows for {stats['day'].nunique()} day(s)")
@@ -254,4 +255,4 @@ def env_daily_stats(
     yield check_coverage(stats)
     yield check_complete(stats, quarantined)
     days = [window.start.date() + dt.timedelta(days=n) for n in range((window.end - window.start).days)]
-    yield check_silence(stats, quarantined, recent, days, pd.Timestamp.now(tz=SETTINGS.tz))
+    yield check_silence(stats, quarantined, recent, days, pd.Timestamp.now(tz=FARM_TZ))

@@ -82,10 +82,14 @@ from mushroom_pipeline.objectstore import (
     ObjectStore,
     safe_key,
 )
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.partitions import FARM_TIMEZONE, FARM_TZ, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
-from mushroom_pipeline.warehouse.sql import table_column_types, table_exists
+from mushroom_pipeline.warehouse.sql import (
+    table_column_types,
+    table_exists,
+    warehouse_table,
+)
 from mushroom_pipeline.warehouse.tables import column_schema
 
 if TYPE_CHECKING:
@@ -103,10 +107,10 @@ PREVIEW_MAX_BYTES = 150_000  # its base64 text, per room
 GAP = pd.Timedelta(minutes=15)  # a silence this long (at least) breaks the curve
 ANNOTATE_AT_MOST = 12  # changes written beside their markers on one axis; more: markers only
 
-READINGS_TABLE = "mushroom.env_readings"
-SNAPSHOTS_TABLE = "mushroom.setpoint_snapshots"
-EVENTS_TABLE = "mushroom.setpoint_change_events"
-MANIFEST_TABLE = "mushroom.image_manifest"
+READINGS_TABLE = warehouse_table("env_readings")
+SNAPSHOTS_TABLE = warehouse_table("setpoint_snapshots")
+EVENTS_TABLE = warehouse_table("setpoint_change_events")
+MANIFEST_TABLE = warehouse_table("image_manifest")
 
 CHARTS_SCHEMA = column_schema(
     ("day", "date", "the farm's local day of the chart"),
@@ -610,10 +614,10 @@ def room_daily_charts(
     farm_catalog: FarmCatalogResource,
     object_store: ObjectStore,
 ):
-    tz = SETTINGS.tz
+    tz = FARM_TZ
     metrics = farm_catalog.metrics().metrics
     points = farm_catalog.points()
-    home = config.home or str(SETTINGS.home)
+    home = config.home or warehouse.home
     window = context.partition_time_window
     keys = context.partition_keys
     charts_folder = Path(home).absolute() / CHARTS_FOLDER
@@ -685,7 +689,7 @@ charts_job = dg.define_asset_job(
 @dg.schedule(
     name="daily_room_charts",
     cron_schedule="7 4 * * *",
-    execution_timezone=SETTINGS.timezone,
+    execution_timezone=FARM_TIMEZONE,
     job=charts_job,
     description="04:07 farm time: yesterday's chart per room, after the nightly runs (01:03 "
     "readings and stats, 01:33 insights, 03:02 images → manifest and CLIP), so the picture has "

@@ -48,13 +48,17 @@ from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
 from mushroom_pipeline.settings import ConfigurationError
 from mushroom_pipeline.warehouse.frames import copy_frame
-from mushroom_pipeline.warehouse.sql import PostgresRelation, table_exists
+from mushroom_pipeline.warehouse.sql import (
+    PostgresRelation,
+    table_exists,
+    warehouse_table,
+)
 from mushroom_pipeline.warehouse.tables import (
     column_schema,
     column_types,
 )
 
-SNAPSHOTS_TABLE = "mushroom.setpoint_snapshots"
+SNAPSHOTS_TABLE = warehouse_table("setpoint_snapshots")
 # Decimal readings against decimal setpoints: 17.6 − 16.6 is 1.0000000000000036 in binary
 # floating point. A hair of tolerance keeps a reading exactly on the edge in band, as the
 # deadbands of the change events do.

@@ -4,13 +4,13 @@ import dagster as dg
 
 from mushroom_pipeline.defs.automation.jobs import insights_job
 from mushroom_pipeline.defs.automation.schedule_requests import yesterday_request
-from mushroom_pipeline.partitions import SETTINGS
+from mushroom_pipeline.partitions import FARM_TIMEZONE
 
 
 @dg.schedule(
     name="daily_insights",
     cron_schedule="33 1 * * *",
-    execution_timezone=SETTINGS.timezone,
+    execution_timezone=FARM_TIMEZONE,
     job=insights_job,
     description="01:33 farm time, after daily_env_stats: one run over the day before yesterday "
     "and yesterday, so a change late on the day before gets its response windows completed by "

@@ -23,7 +23,7 @@ from mushroom_pipeline.warehouse.frames import (
     copy_frame,
     read_frame,
 )
-from mushroom_pipeline.warehouse.sql import table_exists
+from mushroom_pipeline.warehouse.sql import table_exists, warehouse_table
 
 CHANGE_TYPES = {  # what the comparisons give; the labels are added from the treatments
     "day": "date",
@@ -135,7 +135,7 @@ def _exact_changes(connection, snapshots_sql: str) -> pd.DataFrame:
 
 def _stored_references(connection) -> str:
     """The stored references' table, or an empty one before the first deadband run."""
-    table = f"mushroom.{REFERENCES_TABLE}"
+    table = warehouse_table(REFERENCES_TABLE)
     if table_exists(connection, table):
         return table
     nulls = ", ".join(f"NULL::{t} AS {c}" for c, t in REFERENCE_TYPES.items())

@@ -36,7 +36,7 @@ from mushroom_pipeline.images.decode import DecodedImage, ImageRejected, decode_
 from mushroom_pipeline.images.describer import Describer, DescriberResource
 from mushroom_pipeline.images.encoder import ClipEncoder, ClipEncoderResource
 from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStore
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.partitions import FARM_TZ, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import CLIP_POOL, TRANSIENT_RETRY, UnavailableError
 from mushroom_pipeline.warehouse.frames import (
@@ -52,6 +52,7 @@ from mushroom_pipeline.warehouse.sql import (
     quote_ident,
     table_column_types,
     table_exists,
+    warehouse_table,
     where_clause,
 )
 from mushroom_pipeline.warehouse.staging import staging_table
@@ -111,8 +112,8 @@ image_failures = side_table(
     "and model with the reason and detail; tried again on the next run.", FAILURES_SCHEMA,
     "vision", OWNERS, TAGS,
 )
-EMBEDDINGS_TABLE = "mushroom.image_embeddings"
-MANIFEST_TABLE = "mushroom.image_manifest"
+EMBEDDINGS_TABLE = warehouse_table("image_embeddings")
+MANIFEST_TABLE = warehouse_table("image_manifest")
 # Vectors computed but not yet swapped into the day: what a crashed run leaves for its retry.
 PENDING_TABLE = "image_embeddings_pending"
 EMBEDDED_COLUMNS = ["day", "room", "object_key", "etag", "captured_at", "embedding", "description",
@@ -342,7 +343,7 @@ def _sql(template: str, window: dg.TimeWindow, **names) -> str:
     clause, _ = where_clause(_slice("image_embeddings", window), {"day": "date"})
     return template.format(
         window=clause, table=EMBEDDINGS_TABLE, manifest=MANIFEST_TABLE,
-        pending=f"mushroom.{PENDING_TABLE}", **names,
+        pending=warehouse_table(PENDING_TABLE), **names,
     )
 
 
@@ -411,7 +412,7 @@ def image_embeddings(
     describe = describer.describer()
     model, window = encoder.model_id, context.partition_time_window
     _prepare_tables(warehouse, window, encoder.dim)
-    pending = f"mushroom.{PENDING_TABLE}"
+    pending = warehouse_table(PENDING_TABLE)
     with warehouse.begin() as conn:
         total = _count(conn, "SELECT count(*) FROM {manifest} WHERE {window} AND missing_since IS NULL",
                        window)
@@ -437,7 +438,7 @@ def image_embeddings(
             """One chunk, committed: its vectors are kept whatever happens next."""
             nonlocal embedded
             chunk = pd.DataFrame(rows, columns=EMBEDDED_COLUMNS)
-            chunk["captured_at"] = pd.to_datetime(chunk["captured_at"], utc=True).dt.tz_convert(SETTINGS.tz)
+            chunk["captured_at"] = pd.to_datetime(chunk["captured_at"], utc=True).dt.tz_convert(FARM_TZ)
             chunk["model"] = model
             chunk["describer"] = describe.model_id if describe else None
             chunk["context"] = environment_context(warehouse, chunk, metrics)
@@ -518,10 +519,10 @@ def _swap_in(warehouse: PostgresResource, window: dg.TimeWindow, model: str, fai
         ), params).rowcount
         conn.exec_driver_sql(_sql("DELETE FROM {pending} WHERE {window} AND model = %(model)s", window), params)
         conn.exec_driver_sql(
-            _sql(f"DELETE FROM mushroom.{FAILURES_TABLE} WHERE {{window}} AND model = %(model)s", window),
+            _sql(f"DELETE FROM {warehouse_table(FAILURES_TABLE)} WHERE {{window}} AND model = %(model)s", window),
             params)
         failure_columns = ", ".join(map(quote_ident, column_types(FAILURES_SCHEMA)))
-        conn.exec_driver_sql(f"INSERT INTO mushroom.{FAILURES_TABLE} ({failure_columns}) "
+        conn.exec_driver_sql(f"INSERT INTO {warehouse_table(FAILURES_TABLE)} ({failure_columns}) "
                              f"SELECT {failure_columns} FROM {failures_table}")
         counts = dict(conn.exec_driver_sql(_sql(
             "SELECT 'kept_missing_from_store', count(*) FILTER (WHERE model = %(model)s "

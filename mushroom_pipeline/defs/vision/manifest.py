@@ -13,7 +13,7 @@ from mushroom_pipeline.objectstore import (
     ObjectStore,
     parse_image_key,
 )
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.partitions import FARM_TZ, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
 from mushroom_pipeline.warehouse.frames import read_frame
@@ -24,6 +24,7 @@ from mushroom_pipeline.warehouse.source import (
 from mushroom_pipeline.warehouse.sql import (
     select_statement,
     table_column_types,
+    warehouse_table,
 )
 from mushroom_pipeline.warehouse.tables import (
     column_schema,
@@ -53,7 +54,7 @@ def list_images(store, days: list[dt.date]) -> tuple[list[ImageObject], list[str
     for room in store.rooms():
         for day in days:
             for info in store.objects(f"{room}/{day:%Y%m%d}/"):
-                image = parse_image_key(info, SETTINGS.tz)
+                image = parse_image_key(info, FARM_TZ)
                 if image is None or image.day != day:
                     ignored.append(info.key)
                 else:
@@ -63,7 +64,7 @@ def list_images(store, days: list[dt.date]) -> tuple[list[ImageObject], list[str
 
 def stored_manifest(warehouse: PostgresResource, window: dg.TimeWindow) -> pd.DataFrame:
     """The manifest rows stored for the window (none before the table exists)."""
-    table = "mushroom.image_manifest"
+    table = warehouse_table("image_manifest")
     with warehouse.begin() as conn:
         types = table_column_types(conn, table)
         if not types:
@@ -89,7 +90,7 @@ def keep_gone_images(
     if emptied:
         raise dg.Failure(
             f"The object store lists no image for {', '.join(map(str, emptied))}, while "
-            f"mushroom.image_manifest holds {int(gone['day'].isin(emptied).sum())} for them. "
+            f"{warehouse_table('image_manifest')} holds {int(gone['day'].isin(emptied).sum())} for them. "
             "Nothing was changed. Check the bucket (MUSHROOM_MINIO_ENDPOINT, "
             "MUSHROOM_IMAGE_BUCKET) or the local folder under MUSHROOM_HOME; if the images were "
             "deleted on purpose, re-run with run config "

@@ -19,9 +19,9 @@ from mushroom_pipeline.objectstore import (
     ObjectStore,
     parse_image_key,
 )
-from mushroom_pipeline.partitions import SETTINGS, daily_partitions
+from mushroom_pipeline.partitions import FARM_TZ, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.warehouse.sql import table_exists
+from mushroom_pipeline.warehouse.sql import table_exists, warehouse_table
 
 NEW_IMAGES_SELECTION = [dg.AssetKey("image_manifest"), dg.AssetKey("image_embeddings")]
 RESCAN_EVERY_S = 300  # each tick lists one day of the lookback in full, in turn
@@ -30,10 +30,11 @@ RESCAN_EVERY_S = 300  # each tick lists one day of the lookback in full, in turn
 def _last_known_keys(warehouse: PostgresResource, first: dt.date) -> dict[tuple[str, str], str]:
     """{(room, day): the greatest key of the day's manifest}: the listing's start-after."""
     with warehouse.begin() as conn:
-        if not table_exists(conn, "mushroom.image_manifest"):
+        manifest = warehouse_table("image_manifest")
+        if not table_exists(conn, manifest):
             return {}
         return {(room, day.isoformat()): key for room, day, key in conn.exec_driver_sql(
-            "SELECT room, day, max(object_key) FROM mushroom.image_manifest WHERE day >= %s "
+            f"SELECT room, day, max(object_key) FROM {manifest} WHERE day >= %s "
             "GROUP BY room, day", (first,)
         )}
 
@@ -43,7 +44,7 @@ def _handled_images(warehouse: PostgresResource, model: str, keys: list[str]) ->
     fail again)."""
     handled: set[tuple[str, str]] = set()
     with warehouse.begin() as conn:
-        for table in ("mushroom.image_embeddings", "mushroom.image_failures"):
+        for table in (warehouse_table("image_embeddings"), warehouse_table("image_failures")):
             if table_exists(conn, table):
                 handled.update(conn.exec_driver_sql(
                     f"SELECT object_key, etag FROM {table} WHERE model = %s AND object_key = ANY(%s)",
@@ -62,7 +63,7 @@ def days_with_new_images(
     sort last). One day in turn is listed in full, for keys that sort before the last known one
     (another camera) or were overwritten: each day within LOOKBACK_DAYS ticks. Memory holds at
     most one day's listing."""
-    today = now.astimezone(SETTINGS.tz).date()
+    today = now.astimezone(FARM_TZ).date()
     days = [today - dt.timedelta(days=n) for n in range(LOOKBACK_DAYS + 1)]
     in_full = days[int(now.timestamp() // RESCAN_EVERY_S) % len(days)]
     known = _last_known_keys(warehouse, days[-1])
@@ -72,7 +73,7 @@ def days_with_new_images(
         for day in days:
             after = None if day == in_full else known.get((room, day.isoformat()))
             for info in store.objects(f"{room}/{day:%Y%m%d}/", start_after=after):
-                image = parse_image_key(info, SETTINGS.tz)
+                image = parse_image_key(info, FARM_TZ)
                 if image is not None and image.day == day:
                     listed.append(image)
     handled = _handled_images(warehouse, model, [image.key for image in listed])
