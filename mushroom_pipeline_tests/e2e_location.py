@@ -18,4 +18,6 @@ def every_minute(context: dg.ScheduleEvaluationContext):
     return daily_env_stats(context)  # the real schedule's decision, each minute
 
 
-defs = dg.Definitions.merge(definitions.defs, dg.Definitions(schedules=[every_minute]))
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(definitions.defs(), dg.Definitions(schedules=[every_minute]))

@@ -51,7 +51,9 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 2.0):
 def dagster_ui(tmp_path_factory):
     """Webserver + daemon, as `make ui` runs them but as two processes, sharing Postgres storage."""
     dagster_home = tmp_path_factory.mktemp("dagster-home")
-    shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    # The project's instance config; the "join the community" dialog off, so screenshots show pages.
+    (dagster_home / "dagster.yaml").write_text(
+        (REPO / "dagster.yaml").read_text() + "\nnux:\n  enabled: false\n")
     workspace = dagster_home / "workspace.yaml"
     workspace.write_text(
         "load_from:\n  - python_module:\n      module_name: mushroom_pipeline_tests.e2e_location\n"
@@ -248,6 +250,14 @@ def chromium(*args: str) -> str:
     # the backfilled days (and possibly yesterday, from the every-minute schedule)
     ("env_daily_stats-partitions", "/assets/env_daily_stats?view=partitions",
      ["env_daily_stats", "Partitions", r"Materialized \([34]\)", r"Failed \(0\)"]),
+    # the raw sources (a node shows its key's last part and its kind), then env_readings'
+    # lineage: the sources group upstream, the quarantine (its name cut short) beside the stats
+    ("sources-group", f"/locations/{LOCATION}/asset-groups/sources",
+     [r"\benv_readings\b.{0,120}Postgres", r"\bdevice_setpoints\b", r"camera_images.{0,120}S3"]),
+    ("env_readings-lineage", "/assets/env_readings?view=lineage",
+     [r"\bsources\b", r"env_re\S*_quarantine", "env_daily_stats"]),
+    ("env_daily_stats-checks", "/assets/env_daily_stats?view=checks",
+     ["yesterday_by_deadline", "coverage_per_room"]),
 ])
 def test_the_browser_shows_the_asset_graph_and_the_partitions(dagster_ui, page, path, expected):
     url, _ = dagster_ui
