@@ -22,6 +22,7 @@ from mushroom_pipeline.defs.vision.embeddings import image_embeddings
 from mushroom_pipeline.defs.vision.manifest import image_manifest
 from mushroom_pipeline.images import search
 from mushroom_pipeline.images.search import Condition, nearest, parse_condition
+from mushroom_pipeline.warehouse.tables import ensure_vector_extension
 
 from .helpers import insert_readings, insert_setpoints, query
 from .test_vision import markdown_rows, photo, resources, run, tiny_clip  # noqa: F401
@@ -326,3 +327,172 @@ def test_conditions_parse_into_bound_values_and_whitelisted_operators():
                   ["--from", "24.12.2025"], ["--max-distance", "-1"], ["--limit", "0"]):
         with pytest.raises(SystemExit):
             cli.main(["search", "--text", "x", *wrong])
+
+
+NOISE_DIM, NOISE_CLUSTERS, NOISE_ROOMS = 128, 800, 10
+
+
+@pytest.fixture
+def noise_floor(warehouse):
+    """mushroom.image_embeddings (its real indexes) of 4,000 clustered vectors spread over 10
+    rooms and 10 days: a room's filter leaves about one image per cluster, so past the query's
+    own cluster its nearest are unrelated images at nearly the same distance (the "noise
+    floor" of benchmarks/vector_search.py), where HNSW's walk finds others than numpy's."""
+    rng = np.random.default_rng(13)
+    centres = rng.normal(size=(NOISE_CLUSTERS, NOISE_DIM))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+
+    def draw(count):
+        points = centres[rng.integers(0, NOISE_CLUSTERS, count)] + rng.normal(0, 1 / np.sqrt(NOISE_DIM), (count, NOISE_DIM))
+        return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+    count = 8000
+    frame = pd.DataFrame({
+        "object_key": [f"noise/{n:05d}.jpg" for n in range(count)],
+        "room": [str(601 + n) for n in rng.integers(0, NOISE_ROOMS, count)],
+        "day": [f"2025-12-{10 + n:02d}" for n in rng.integers(0, 10, count)],
+    })
+    frame["vector"] = list(draw(count))
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS mushroom")
+        ensure_vector_extension(conn)
+        conn.exec_driver_sql(
+            "CREATE TABLE mushroom.image_embeddings (day date, room text, object_key text, "
+            f"model text, captured_at timestamptz, embedding vector({NOISE_DIM}))")
+        conn.exec_driver_sql(
+            "INSERT INTO mushroom.image_embeddings (day, room, object_key, model, embedding) "
+            "SELECT d, r, k, 'noise', v::vector FROM unnest(%(days)s::date[], %(rooms)s::text[], "
+            "%(keys)s::text[], %(vectors)s::text[]) AS u(d, r, k, v)",
+            {"days": list(frame["day"]), "rooms": list(frame["room"]), "keys": list(frame["object_key"]),
+             "vectors": ["[" + ",".join(f"{x:.7g}" for x in v) + "]" for v in frame["vector"]]})
+        for statement in image_embeddings_indexes():
+            conn.exec_driver_sql(statement.format(table="mushroom.image_embeddings"))
+        conn.exec_driver_sql("ANALYZE mushroom.image_embeddings")
+    return types.SimpleNamespace(frame=frame, queries=draw(20))
+
+
+def image_embeddings_indexes():
+    from mushroom_pipeline.defs.vision.embeddings import EMBEDDING_INDEXES
+
+    return EMBEDDING_INDEXES
+
+
+def numpy_nearest(frame: pd.DataFrame, vector: np.ndarray, k: int) -> list[str]:
+    """The exact top k by cosine distance (ties by key), in float64 apart from the SQL."""
+    stacked = np.stack(frame["vector"]).astype(np.float64)
+    distance = 1 - stacked @ vector / (np.linalg.norm(stacked, axis=1) * np.linalg.norm(vector))
+    ranked = pd.DataFrame({"key": frame["object_key"].to_numpy(), "d": distance}).sort_values(["d", "key"])
+    return list(ranked["key"][:k])
+
+
+@contextlib.contextmanager
+def index_scans_preferred(warehouse):
+    """The planner on a 4,000-row table would sort a sequential scan: the HNSW index is made
+    the cheaper plan, as it is on a big table."""
+    import sqlalchemy as sa
+
+    def prefer(conn):
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
+
+    engine = warehouse.get_engine()
+    sa.event.listen(engine, "begin", prefer)
+    try:
+        yield
+    finally:
+        sa.event.remove(engine, "begin", prefer)
+
+
+def test_a_selective_filter_scans_its_rows_exactly_where_the_hnsw_walk_misses(noise_floor, warehouse):
+    frame = noise_floor.frame
+    chosen = frame[(frame["room"] == "601") & frame["day"].between("2025-12-12", "2025-12-17")]
+    assert len(chosen) <= search.EXACT_SCAN_MAX_ROWS  # about 480 rows: selective
+    wrong_by_hnsw = 0
+    with index_scans_preferred(warehouse):  # the HNSW index as the planner picks it on a big table
+        for vector in noise_floor.queries:
+            expected = numpy_nearest(chosen, vector, 10)
+            hits = nearest(warehouse, vector, "noise", room="601", day_from="2025-12-12",
+                           day_to="2025-12-17")
+            assert hits.attrs["strategy"] == "exact"
+            assert list(hits["object_key"]) == expected
+            walked = nearest(warehouse, vector, "noise", room="601", day_from="2025-12-12",
+                             day_to="2025-12-17", exact_max_rows=0)  # the HNSW scan alone
+            assert walked.attrs["strategy"] == "hnsw"
+            wrong_by_hnsw += list(walked["object_key"]) != expected
+    # the data is one where the HNSW scan alone (the search before the exact path) goes wrong
+    assert wrong_by_hnsw >= 3
+
+
+def test_an_unselective_search_walks_the_hnsw_index(noise_floor, warehouse, monkeypatch):
+    import sqlalchemy as sa
+
+    # 8,000 rows; the bound lowered so that the model alone is unselective and a room is not
+    monkeypatch.setattr(search, "EXACT_SCAN_MAX_ROWS", 2000)
+    sent = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "WITH hits" in statement:
+            sent.append((statement, parameters))
+
+    engine = warehouse.get_engine()
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with index_scans_preferred(warehouse):
+            vector = noise_floor.queries[0]
+            everything = nearest(warehouse, vector, "noise")
+            one_room = nearest(warehouse, vector, "noise", room="605")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert everything.attrs["strategy"] == "hnsw" and one_room.attrs["strategy"] == "exact"
+    assert list(one_room["object_key"]) == numpy_nearest(
+        noise_floor.frame[noise_floor.frame["room"] == "605"], vector, 10)
+    assert len(set(everything["object_key"]) & set(numpy_nearest(noise_floor.frame, vector, 10))) >= 8
+
+    def plan(statement, parameters, exact):
+        with warehouse.begin() as conn:
+            search.register_vectors(conn)
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            conn.exec_driver_sql("SET LOCAL enable_indexscan = off" if exact
+                                 else "SET LOCAL hnsw.iterative_scan = relaxed_order")
+            return "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
+
+    walked, scanned = plan(*sent[0], exact=False), plan(*sent[1], exact=True)
+    assert "Index Scan using image_embeddings_embedding_idx" in walked
+    assert "image_embeddings_embedding_idx" not in scanned
+    assert "Bitmap Index Scan on image_embeddings_model_room_day" in scanned
+
+
+@pytest.mark.parametrize("room, day_from", [(None, None), ("601", DAYS[1])])
+def test_the_exact_path_answers_as_the_hnsw_path_does(farm, monkeypatch, room, day_from):
+    """--distinct, --max-distance, candidates and the environment filters give the same answer
+    by either path (on the farm's few images both are exact)."""
+    warehouse, vector = farm.res["warehouse"], farm.images["vector"].iloc[4]
+    cutoff = float(distances(farm, vector).sort_values().iloc[7])
+    asks = [{"limit": 5}, {"limit": 4, "distinct": True}, {"limit": 50, "max_distance": cutoff},
+            {"limit": 3, "candidates": 12},
+            {"limit": 50, "distinct": True, "max_distance": cutoff},
+            {"limit": 6, "where": [Condition("humidity_pct", ">=", 90)]}]
+    for ask in asks:
+        exact = nearest(warehouse, vector, farm.model, room=room, day_from=day_from, **ask)
+        walked = nearest(warehouse, vector, farm.model, room=room, day_from=day_from,
+                         exact_max_rows=0, **ask)
+        assert exact.attrs["strategy"] == "exact" and walked.attrs["strategy"].startswith("hnsw")
+        assert len(exact) > 0
+        pd.testing.assert_frame_equal(exact.drop(columns="distance"), walked.drop(columns="distance"))
+        np.testing.assert_allclose(exact["distance"], walked["distance"], atol=1e-6)
+
+
+def test_the_filter_index_is_created_on_an_existing_table(farm, warehouse):
+    """A warehouse of an earlier version (no (model, room, day) index) gains it at its next
+    write."""
+    from mushroom_pipeline.defs.vision.embeddings import _prepare_tables
+
+    indexes = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'image_embeddings'"
+    assert "image_embeddings_model_room_day" in set(query(warehouse, indexes)["indexname"])
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX mushroom.image_embeddings_model_room_day")
+    import dagster as dg
+
+    window = dg.TimeWindow(pd.Timestamp(DAYS[0], tz="UTC"), pd.Timestamp(DAYS[1], tz="UTC"))
+    _prepare_tables(warehouse, window, 16)
+    found = query(warehouse, indexes).set_index("indexname")["indexdef"]
+    assert found["image_embeddings_model_room_day"].endswith("USING btree (model, room, day)")

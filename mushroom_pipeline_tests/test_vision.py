@@ -153,6 +153,7 @@ def test_embeddings_equal_open_clips_own_forward_pass(warehouse, tmp_path, tiny_
     indexes = " ".join(query(warehouse, "SELECT indexdef FROM pg_indexes WHERE tablename = 'image_embeddings'")["indexdef"])
     assert "UNIQUE INDEX" in indexes and "(object_key, model)" in indexes
     assert "USING hnsw (embedding vector_cosine_ops)" in indexes
+    assert "image_embeddings_model_room_day ON mushroom.image_embeddings USING btree (model, room, day)" in indexes
     meta = materialized(result)
     assert (meta["embedded"], meta["failed"], meta["weights"]) == (9, 0, "pretrained")
     # one context sentence per room (all shots at 12:00): the text tower ran twice, not 9 times
@@ -390,7 +391,7 @@ def batch_history(warehouse, tmp_path, tiny_clip):
     return keys, res
 
 
-def test_search_by_growth_day_finds_past_batches_and_fills_its_limit(warehouse, batch_history):
+def test_search_by_growth_day_finds_past_batches_and_fills_its_limit(warehouse, batch_history, monkeypatch):
     keys, res = batch_history
     model = res["clip_encoder"].model_id()
     vector, _ = stored_vector(warehouse, keys["601", D2][0], model)
@@ -424,11 +425,14 @@ def test_search_by_growth_day_finds_past_batches_and_fills_its_limit(warehouse, 
 
     engine = warehouse.get_engine()
     sa.event.listen(engine, "begin", starved)
+    # the HNSW path, as on a table where more rows than EXACT_SCAN_MAX_ROWS pass the filters
+    monkeypatch.setattr("mushroom_pipeline.images.search.EXACT_SCAN_MAX_ROWS", 0)
     try:
         few = nearest(warehouse, vector, model, growth_days=(10, 10), limit=5, ef_search=1)
     finally:
         sa.event.remove(engine, "begin", starved)
     assert sorted(few["object_key"]) == sorted(keys["601", DAY])
+    assert few.attrs["strategy"] == "hnsw+exact"  # the short answer's exact fallback
 
 
 def cli_search(res: dict, *args: str) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 filtered by room, days, growth day and the environment at capture time, with each hit's
 context: the readings at capture time and the room's recent setpoint changes."""
 
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -21,11 +22,22 @@ from mushroom_pipeline.images.context import (
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.warehouse.sql import table_exists, warehouse_table
 
+log = logging.getLogger(__name__)
 TABLE = warehouse_table("image_embeddings")
 BATCHES_TABLE = warehouse_table("room_batches")
 # recall@10 ≥ 0.95 on 100 k clustered 512-d vectors at about half the exact scan's latency
 # (benchmarks/vector_search.py); pgvector's default of 40 gave less recall there.
 EF_SEARCH = 100
+# At most this many rows passing the cheap filters (model, room, days, growth days): an exact
+# scan of them answers (recall 1 by construction) instead of the HNSW iterative scan, whose
+# recall falls where a selective filter leaves the query's neighbourhood nearly empty (0.70 on
+# the benchmark's noise floor). benchmarks/vector_search.py --sweep-days, 300k clustered 512-d
+# vectors, one room of 10 and 1–30 days, each path forced (benchmarks/README.md): up to 4,649
+# rows the exact path costs at most 1.3× the HNSW path (70 against 53 ms p50) where the HNSW
+# path's recall@10 has fallen to 0.71; past that it climbs to 160–195 ms (6,989–9,969 rows,
+# the vectors read out of TOAST) against HNSW's 30–50 ms at recall 0.79–0.89. 5,000 also
+# covers the 100k noise floor (room + 30 days: about 3,300 rows).
+EXACT_SCAN_MAX_ROWS = 5_000
 CHANGES_TABLE = warehouse_table("setpoint_change_events")
 RECENT_CHANGE_HOURS = 6  # a hit's context: the room's setpoint changes this long before capture
 # --distinct: a hit this close to a better-ranked kept hit of its room is the same view (one
@@ -97,6 +109,7 @@ def nearest(
     max_distance: float | None = None,
     distinct: bool = False,
     candidates: int | None = None,
+    exact_max_rows: int | None = None,
 ) -> pd.DataFrame:
     """The `limit` nearest images of `model` (object_key, room, day, captured_at, distance, and
     the batch and growth day of the image's room and day, from mushroom.room_batches), nearest
@@ -108,11 +121,22 @@ def nearest(
     condition's metric nearest their capture time (within ±WINDOW_MINUTES, the rule of the
     context sentences) passes it; an image without such a reading does not.
 
-    Filters run inside the index scan: pgvector's iterative scan keeps walking the graph until
-    `limit` rows pass them (the environment filters are correlated subqueries evaluated per
-    candidate row, so they stay on the index scan). It stops after hnsw.max_scan_tuples, so a
-    filter that few images pass can still leave the answer short: then an exact scan of the
-    filtered rows answers.
+    Two strategies, chosen by a count of the rows that pass the cheap filters (model, room,
+    days, growth days: the (model, room, day) index serves it), bounded at `exact_max_rows`
+    (EXACT_SCAN_MAX_ROWS unless given) + 1:
+
+    - at most `exact_max_rows`: an exact scan of those rows, ordered by distance (HNSW off, the
+      btree through a bitmap scan); the environment filters run on the sorted rows, nearest
+      first, only until `limit` pass. Recall 1 by construction.
+    - more: the filters run inside the HNSW index scan: pgvector's iterative scan keeps walking
+      the graph until `limit` rows pass them (the environment filters are correlated subqueries
+      evaluated per candidate row, so they stay on the index scan). It stops after
+      hnsw.max_scan_tuples, so a filter that few images pass can still leave the answer short:
+      then an exact scan of the filtered rows answers.
+
+    `exact_max_rows=0` forces the HNSW path (the benchmark compares the two paths with it).
+    The answer's `attrs["strategy"]` says which ran: "exact", "hnsw", or "hnsw+exact" (the
+    short answer's fallback).
 
     `max_distance`: only hits at most that cosine distance away. A distance is no filter an
     index scan can apply before it knows it: the cutoff applies to the hits, which come ordered
@@ -144,9 +168,11 @@ def nearest(
             "WHERE growth_day BETWEEN %(first_growth_day)s AND %(last_growth_day)s)"
         )
         params["first_growth_day"], params["last_growth_day"] = growth_days
-    for n, condition in enumerate(where):
-        filters.append(_condition_sql(condition, n, params))
+    cheap = list(filters)  # what the count and the exact scan's btree serve
+    environment = [_condition_sql(condition, n, params) for n, condition in enumerate(where)]
+    filters += environment
     params["vector"] = vector
+    bound = EXACT_SCAN_MAX_ROWS if exact_max_rows is None else exact_max_rows
     with warehouse.begin() as conn:
         register_vectors(conn)
         batches = table_exists(conn, BATCHES_TABLE)
@@ -160,26 +186,49 @@ def nearest(
             "WHERE b.room = h.room AND b.day = h.day ORDER BY device LIMIT 1) b ON true"
             if batches else "CROSS JOIN (SELECT NULL::text AS batch, NULL::bigint AS growth_day) b"
         )
+        selected = f"""e.object_key, e.room, e.day, e.captured_at,
+                       e.embedding <=> %(vector)s::vector AS distance
+                       {', e.embedding' if distinct else ''}"""
+        answer = f"SELECT h.*, b.batch, b.growth_day FROM hits h {batch} ORDER BY distance, object_key"
         sql = f"""
             WITH hits AS MATERIALIZED (
-                SELECT e.object_key, e.room, e.day, e.captured_at,
-                       e.embedding <=> %(vector)s::vector AS distance
-                       {', e.embedding' if distinct else ''}
+                SELECT {selected}
                 FROM {TABLE} e WHERE {' AND '.join(filters)}
                 ORDER BY e.embedding <=> %(vector)s::vector LIMIT %(limit)s
             )
-            SELECT h.*, b.batch, b.growth_day FROM hits h {batch} ORDER BY distance, object_key
+            {answer}
         """
-        conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-        conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        # The exact scan: the cheap filters' rows sorted by distance (OFFSET 0 keeps the sort
+        # apart), then the environment filters on them nearest first, until `limit` pass.
+        exact_sql = f"""
+            WITH hits AS MATERIALIZED (
+                SELECT * FROM (
+                    SELECT {selected} FROM {TABLE} e WHERE {' AND '.join(cheap)}
+                    ORDER BY distance, e.object_key OFFSET 0
+                ) e {'WHERE ' + ' AND '.join(environment) if environment else ''}
+                ORDER BY distance, object_key LIMIT %(limit)s
+            )
+            {answer}
+        """
+        params["bound"] = bound + 1
+        passing = conn.exec_driver_sql(
+            f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} e WHERE {' AND '.join(cheap)} "
+            "LIMIT %(bound)s) c", params).scalar()
+        exact = passing <= bound
+        strategy = "exact" if exact else "hnsw"
+        if exact:
+            conn.exec_driver_sql("SET LOCAL enable_indexscan = off")  # no HNSW
+            sql = exact_sql
+        else:
+            conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
         fetch = max(limit * DISTINCT_CANDIDATES if distinct else limit, candidates or 0)
-        exact = False
         while True:
             params["limit"] = fetch
             rows = conn.exec_driver_sql(sql, params).all()
             if len(rows) < fetch and not exact:
                 conn.exec_driver_sql("SET LOCAL enable_indexscan = off")  # exact: no HNSW
-                exact = True
+                exact, strategy = True, "hnsw+exact"
                 rows = conn.exec_driver_sql(sql, params).all()
             hits = pd.DataFrame([(*row[:5], *row[-2:]) for row in rows], columns=COLUMNS)
             if max_distance is not None:
@@ -194,7 +243,11 @@ def nearest(
             if max_distance is not None and rows[-1][4] > max_distance:
                 break  # the next candidates are farther still
             fetch = min(fetch * DISTINCT_CANDIDATES, DISTINCT_MAX_CANDIDATES)
-    return hits.reset_index(drop=True).astype({"growth_day": "Int64"})
+    log.debug("nearest: %s (%s rows pass the cheap filters, bound %s)", strategy,
+              f"> {bound}" if passing > bound else passing, bound)
+    hits = hits.reset_index(drop=True).astype({"growth_day": "Int64"})
+    hits.attrs["strategy"] = strategy
+    return hits
 
 
 COLUMNS = ["object_key", "room", "day", "captured_at", "distance", "batch", "growth_day"]

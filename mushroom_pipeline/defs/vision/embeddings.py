@@ -88,9 +88,16 @@ EMBEDDINGS_SCHEMA = column_schema(
     ("missing_since", "timestamptz",
      "NULL while the image is in the object store; else since when it is gone (row kept)"),
 )
+# The search's cheap filters (model, room, day range): its count of the rows passing them and
+# its exact scan of few such rows (images/search.py). Named, so that an earlier version's table
+# gains it at the next write (IF NOT EXISTS).
+EMBEDDING_FILTER_INDEX = (
+    "CREATE INDEX IF NOT EXISTS image_embeddings_model_room_day ON {table} (model, room, day)"
+)
 EMBEDDING_INDEXES = [
     "CREATE UNIQUE INDEX ON {table} (object_key, model)",
     "CREATE INDEX ON {table} USING hnsw (embedding vector_cosine_ops)",
+    EMBEDDING_FILTER_INDEX,
 ]
 FAILURES_TABLE = "image_failures"
 FAILURES_SCHEMA = column_schema(
@@ -327,6 +334,7 @@ def _prepare_tables(warehouse: PostgresResource, window: dg.TimeWindow, dim: int
             ensure_table(conn, table_slice, table_types, indexes)
     with warehouse.begin() as conn:
         stored = table_column_types(conn, EMBEDDINGS_TABLE)["embedding"]
+        conn.exec_driver_sql(EMBEDDING_FILTER_INDEX.format(table=EMBEDDINGS_TABLE))  # an older table too
         if table_exists(conn, MANIFEST_TABLE):  # a manifest table of an earlier version too
             conn.exec_driver_sql(MANIFEST_KEYSET_INDEX.format(manifest=MANIFEST_TABLE))
     if stored != types["embedding"]:
