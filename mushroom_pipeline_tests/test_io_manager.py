@@ -216,3 +216,33 @@ def test_frames_with_vectors_round_trip_through_binary_copy(warehouse):
     np.testing.assert_array_equal(np.stack(back["v"]), np.stack(frame["v"]))
     assert back.loc[0, "w"].dtype == np.float32 and pd.isna(back.loc[1, "w"])
     np.testing.assert_array_equal(back.loc[0, "w"], frame.loc[0, "w"])
+
+
+@pytest.mark.parametrize("kind", ["frame", "relation"])
+def test_a_new_table_is_loaded_first_and_indexed_after_with_every_index(warehouse, kind):
+    """The partition column's index and the declared ones exist after the first write (built
+    once the rows are in), for frames and relations alike, and later writes add none."""
+    from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
+
+    from mushroom_pipeline.warehouse.io_manager import replace_table_slice
+    from mushroom_pipeline.warehouse.sql import PostgresRelation
+
+    from .helpers import query
+
+    types = {"at": "timestamptz", "room": "text", "value": "double precision"}
+    day = dt.datetime(2026, 1, 13, tzinfo=dt.UTC)
+    window = dg.TimeWindow(day, day + dt.timedelta(days=1))
+    table_slice = TableSlice(table="indexed", schema="mushroom",
+                             partition_dimensions=[TablePartitionDimension("at", window)])
+    rows = pd.DataFrame({"at": pd.date_range(day, periods=5, freq="h"), "room": "607",
+                         "value": np.arange(5.0)})
+    source = (PostgresRelation("SELECT g * interval '1 hour' + '2026-01-13T00:00Z'::timestamptz "
+                               "AS at, '607' AS room, g::float8 AS value FROM generate_series(0, 4) g")
+              if kind == "relation" else rows)
+    unique_rooms = "CREATE UNIQUE INDEX ON {table} (room, at)"
+    for _ in range(2):
+        assert replace_table_slice(warehouse, table_slice, source, types, [unique_rooms]) == 5
+    indexes = sorted(query(warehouse, "SELECT indexdef FROM pg_indexes WHERE tablename = 'indexed'")
+                     ["indexdef"].str.extract(r"USING btree \((.*)\)")[0])
+    assert indexes == ["at", "room, at"]
+    assert query(warehouse, "SELECT count(*) AS n FROM mushroom.indexed")["n"][0] == 5

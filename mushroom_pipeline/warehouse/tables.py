@@ -169,10 +169,16 @@ def ensure_table(
     table_slice: TableSlice,
     types: Mapping[str, str],
     indexes: Sequence[str] = (),
-):
+    *,
+    defer_indexes: bool = False,
+) -> list[str]:
     """Creates the table on first write, with an index on its partition column and the
     `indexes` given as statements with a `{table}` placeholder. A table made by an earlier
-    version gains the columns declared since (NULL in its old rows)."""
+    version gains the columns declared since (NULL in its old rows).
+
+    `defer_indexes`: a table created now gets its indexes from the caller after its first load
+    (returned, to run in the same transaction): building an index over 1.3 M rows costs a fifth
+    of maintaining it row by row (benchmarks/README.md, the environment day)."""
     table = qualified_name(table_slice)
     if slice_table_exists(connection, table_slice):
         existing = table_column_types(connection, table)
@@ -181,16 +187,19 @@ def ensure_table(
                 connection.exec_driver_sql(
                     f"ALTER TABLE {table} ADD COLUMN {quote_ident(column)} {pg_type}"
                 )
-        return
+        return []
     columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
     connection.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
-    for dimension in table_slice.partition_dimensions or []:
-        if dimension.partition_expr in types:
-            connection.exec_driver_sql(
-                f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
-            )
-    for statement in indexes:
-        connection.exec_driver_sql(statement.format(table=table))
+    statements = [
+        f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
+        for dimension in table_slice.partition_dimensions or []
+        if dimension.partition_expr in types
+    ] + [statement.format(table=table) for statement in indexes]
+    if defer_indexes:
+        return statements
+    for statement in statements:
+        connection.exec_driver_sql(statement)
+    return []
 
 
 def write_frame(
@@ -213,30 +222,36 @@ def write_frame(
         ensure_vector_extension(connection)
     if not _vector_dimensions(connection, table_slice, frame, types):
         return 0  # no vectors and no table yet: nothing to write, no dimension to create it with
-    ensure_table(connection, table_slice, types, indexes)
-    if not len(frame):
-        return 0
+    deferred = ensure_table(connection, table_slice, types, indexes, defer_indexes=True)
     table = qualified_name(table_slice)
-    if any(t.startswith("vector") for t in types.values()):
+    if len(frame) and any(t.startswith("vector") for t in types.values()):
         copy_frame_binary(connection, table, frame, types)
-    else:
+    elif len(frame):
         copy_frame(connection, table, frame, types)
+    for statement in deferred:
+        connection.exec_driver_sql(statement)
     return len(frame)
 
 
 def write_relation(
-    connection: sa.Connection, table_slice: TableSlice, relation: PostgresRelation, declared: Mapping[str, str]
+    connection: sa.Connection,
+    table_slice: TableSlice,
+    relation: PostgresRelation,
+    declared: Mapping[str, str],
+    indexes: Sequence[str] = (),
 ) -> int:
     """Inserts the relation's rows inside the database: the rows never travel to Python.
     The relation must select only rows of the slice's window, with the declared columns."""
     if not declared:
         raise ValueError(f"{table_slice.table}: a relation output needs dagster/column_schema")
-    ensure_table(connection, table_slice, declared)
+    deferred = ensure_table(connection, table_slice, declared, indexes, defer_indexes=True)
     columns = ", ".join(quote_ident(c) for c in declared)
     result = connection.exec_driver_sql(
         f"INSERT INTO {qualified_name(table_slice)} ({columns}) "
         f"SELECT {columns} FROM ({relation.sql}) relation"
     )
+    for statement in deferred:
+        connection.exec_driver_sql(statement)
     return result.rowcount
 
 
@@ -244,5 +259,5 @@ def write_output(
     connection, table_slice: TableSlice, obj, declared: Mapping[str, str], indexes: Sequence[str] = ()
 ) -> int:
     if isinstance(obj, PostgresRelation):
-        return write_relation(connection, table_slice, obj, declared)
+        return write_relation(connection, table_slice, obj, declared, indexes)
     return write_frame(connection, table_slice, obj, declared, indexes)
