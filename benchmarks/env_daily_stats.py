@@ -1,7 +1,7 @@
 """Benchmark: one day of readings → env_daily_stats, against the bare minimum on the same server.
 
     .venv/bin/python benchmarks/env_daily_stats.py [--rooms 50] [--cadence-s 10] [--repeats 3]
-                                                   [--backfill-days 365]
+                                                   [--backfill-days 365] [--statements]
 
 1. One day of `rooms` × 3 metrics at `cadence-s` (50 × 3 × 8640 = 1.3 M rows) in iot.env_readings.
    Pipeline: env_readings + env_daily_stats materialized through Dagster (in process).
@@ -140,6 +140,34 @@ def assert_same_output() -> None:
             assert pipeline == floor, f"{table}: pipeline {pipeline} ≠ floor {floor}"
 
 
+def print_statement_seconds(key: str) -> None:
+    """One first run and one re-run with the seconds of each SQL statement (SQLAlchemy cursor
+    events; COPY through the raw cursor is not among them), the largest first."""
+    import collections
+    import re
+
+    import sqlalchemy as sa
+
+    seconds: dict[str, float] = collections.defaultdict(float)
+
+    @sa.event.listens_for(sa.Engine, "before_cursor_execute")
+    def started(conn, cursor, statement, parameters, context, executemany):
+        conn.info["statement_began"] = time.perf_counter()
+
+    @sa.event.listens_for(sa.Engine, "after_cursor_execute")
+    def finished(conn, cursor, statement, parameters, context, executemany):
+        seconds[re.sub(r"\s+", " ", statement)[:100]] += time.perf_counter() - conn.info.pop("statement_began")
+
+    for label, fresh in (("first run", True), ("re-run", False)):
+        seconds.clear()
+        total = timed_run(ASSETS, fresh, partition_key=key)
+        print(f"\n## Statements of one {label}: {total:.2f} s in all")
+        for statement, spent in sorted(seconds.items(), key=lambda item: -item[1])[:6]:
+            print(f"{spent:7.2f} s  {statement}")
+    sa.event.remove(sa.Engine, "before_cursor_execute", started)
+    sa.event.remove(sa.Engine, "after_cursor_execute", finished)
+
+
 def readings(days: list[dt.date], rooms: int, cadence_s: int) -> pd.DataFrame:
     rng = np.random.default_rng(1)
     frames = []
@@ -189,6 +217,8 @@ def main() -> None:
     parser.add_argument("--cadence-s", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backfill-days", type=int, default=365)
+    parser.add_argument("--statements", action="store_true",
+                        help="also time each SQL statement of one first run and one re-run")
     args = parser.parse_args()
     settings = load_settings()
 
@@ -212,6 +242,8 @@ def main() -> None:
     print(f"| **ratio, re-materialization / same-output floor** | **{again / floor:.2f}×** | |")
     print(f"| former bare minimum (COPY out + one aggregate, nothing persisted) | {bare:.2f} | "
           f"{rows / bare:,.0f} |")
+    if args.statements:
+        print_statement_seconds(key)
 
     first = DAY - dt.timedelta(days=args.backfill_days - 1)
     days = [first + dt.timedelta(days=i) for i in range(args.backfill_days)]
