@@ -29,8 +29,8 @@ import pandas as pd
 from _common import RESOURCES, median_seconds, reset_source, timed_run
 
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
-from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
 from mushroom_pipeline.settings import load_settings
 from mushroom_pipeline.warehouse.frames import copy_frame
 
@@ -104,9 +104,9 @@ FLOAT = "round(({0})::numeric, 9 - ceil(log(greatest(abs(({0})::numeric), 1e-9))
 COMPARED = {
     "env_readings": ("room, metric, measured_at, source_rows, source_metrics", ["value"]),
     "env_readings_quarantine": ("room, metric, source_metric, measured_at, reason", ["value"]),
-    "env_daily_stats": ("day, room, metric, n, n_invalid, duplicate_rows, first_at, last_at, "
-                        "source_metrics", ["mean", "min", "max", "std", "p05", "p25", "p50",
-                                           "p75", "p95", "cadence_s", "coverage"]),
+    "env_daily_stats": (("day, room, metric, n, n_invalid, duplicate_rows, first_at, last_at, "
+                         "source_metrics"), ["mean", "min", "max", "std", "p05", "p25", "p50",
+                                            "p75", "p95", "cadence_s", "coverage"]),
 }
 
 
