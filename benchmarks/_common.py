@@ -2,6 +2,7 @@
 
 import atexit
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -19,8 +20,15 @@ from mushroom_pipeline.definitions import database_resources  # noqa: E402
 from mushroom_pipeline.settings import load_settings  # noqa: E402
 
 RESOURCES = database_resources()
-# The benchmark's own server goes when the benchmark does, finished or failed.
-atexit.register(embedded.stop, load_settings().home)
+
+
+@atexit.register
+def _remove_server() -> None:
+    """The benchmark's own server and its data (gigabytes) go when the benchmark does, finished
+    or failed."""
+    home = load_settings().home
+    embedded.stop(home)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def timed_run(assets, fresh: bool = False, **run) -> float:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -59,6 +60,7 @@ def embedded_server():
     url = embedded.server_url(TEST_HOME)
     yield url
     embedded.stop(TEST_HOME)
+    shutil.rmtree(TEST_HOME, ignore_errors=True)  # a session's server holds ~150 MB
 
 
 @pytest.fixture
