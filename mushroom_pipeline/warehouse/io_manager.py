@@ -9,11 +9,15 @@ the UI too); columns not declared there are inferred from the frame's dtypes.
 
 Two load types: `pd.DataFrame` (the slice's rows, via COPY) and `PostgresRelation` (the slice's
 SELECT statement, for steps that aggregate inside the database instead of moving rows).
+
+An output wrapped in `SliceTail` replaces only the slice's rows matching its predicate (the
+rows after a watermark), in the same one transaction: what an incremental run changes.
 """
 
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import dagster as dg
 import pandas as pd
@@ -79,6 +83,16 @@ class PostgresClient(DbClient):
         return select_statement(table_slice)
 
 
+class SliceTail(NamedTuple):
+    """An output that replaces only the slice's rows matching `where` (SQL over the table's
+    columns, values rendered by the caller as in window_predicate): the rest of the slice is
+    kept. `rows` (frame or relation) must hold only rows matching `where`, or the slice would
+    gain duplicates."""
+
+    rows: Any
+    where: str
+
+
 def replace_table_slice(
     database: PostgresResource,
     table_slice: TableSlice,
@@ -92,6 +106,26 @@ def replace_table_slice(
         client.ensure_schema_exists(None, table_slice, connection)
         client.delete_table_slice(None, table_slice, connection)
         return write_output(connection, table_slice, obj, declared, indexes)
+
+
+def replace_slice_rows(
+    database: PostgresResource,
+    table_slice: TableSlice,
+    obj,
+    declared: Mapping[str, str],
+    where: str,
+    params: Mapping[str, object],
+) -> int:
+    """replace_table_slice for the slice's rows matching `where` (bound `params`) only."""
+    client = PostgresClient(database)
+    with client.connect(None, table_slice) as connection:
+        client.ensure_schema_exists(None, table_slice, connection)
+        if slice_table_exists(connection, table_slice):
+            table = qualified_name(table_slice)
+            clause, slice_params = where_clause(table_slice, table_column_types(connection, table))
+            connection.exec_driver_sql(
+                f"DELETE FROM {table} WHERE ({clause}) AND ({where})", {**slice_params, **params})
+        return write_output(connection, table_slice, obj, declared)
 
 
 INDEXES_METADATA = "mushroom/indexes"  # CREATE INDEX statements ({table}) for a new table
@@ -143,13 +177,38 @@ class RelationTypeHandler(DbTypeHandler[PostgresRelation]):
         return [PostgresRelation]
 
 
+class PostgresDbIOManager(DbIOManager):
+    """DbIOManager, plus SliceTail outputs: lock, delete the slice's rows matching the tail's
+    predicate, insert the tail's rows, in one transaction (a failure keeps the old rows)."""
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        if not isinstance(obj, SliceTail):
+            return super().handle_output(context, obj)
+        self._check_supported_type(type(obj.rows))
+        table_slice = self._get_table_slice(context, context)
+        with self._db_client.connect(context, table_slice) as conn:
+            self._db_client.ensure_schema_exists(context, table_slice, conn)
+            if slice_table_exists(conn, table_slice):
+                table = qualified_name(table_slice)
+                clause, params = where_clause(table_slice, table_column_types(conn, table))
+                conn.exec_driver_sql(f"DELETE FROM {table} WHERE ({clause}) AND ({obj.where})", params)
+            handler = self._resolve_handler(type(obj.rows))
+            metadata = dict(handler.handle_output(context, table_slice, obj.rows, conn) or {})
+        # the tail's rows, not the slice's: the day's count would cost a scan of the day
+        metadata["rows_written"] = metadata.pop("dagster/row_count", 0)
+        context.add_output_metadata({
+            **metadata, "replaced_where": obj.where,
+            "Query": self._db_client.get_select_statement(table_slice),
+        })
+
+
 class PostgresPandasIOManager(dg.ConfigurableIOManagerFactory):
     """Stores pandas frames as Postgres tables, one partition slice per write."""
 
     database: PostgresResource
 
     def create_io_manager(self, context) -> DbIOManager:
-        return DbIOManager(
+        return PostgresDbIOManager(
             type_handlers=[PandasPostgresTypeHandler(), RelationTypeHandler()],
             db_client=PostgresClient(self.database),
             database="warehouse",

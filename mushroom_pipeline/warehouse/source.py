@@ -8,7 +8,7 @@ to a quarantine table with their reason, and count those by reason.
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
@@ -76,6 +76,21 @@ def rows_per_day(
     return {day.isoformat(): int(n) for day, n in rows}
 
 
+def marks_per_day(
+    database: PostgresResource, table: str, time_column: str, start: dt.datetime, end: dt.datetime
+) -> dict[str, tuple[int, dt.datetime]]:
+    """{local day: (rows, newest time)} of `table` in [start, end), in one scan."""
+    with database.begin() as conn:
+        if not table_exists(conn, table):
+            return {}
+        rows = conn.exec_driver_sql(
+            f"SELECT {time_column}::date, count(*), max({time_column}) FROM {table} "
+            f"WHERE {time_column} >= %s AND {time_column} < %s GROUP BY 1",
+            (start, end),
+        ).all()
+    return {day.isoformat(): (int(n), newest) for day, n, newest in rows}
+
+
 @dataclass(frozen=True)
 class SourceLedger:
     """How a source table's rows are accounted for in the warehouse: every source row of a
@@ -139,10 +154,12 @@ def refuse_shrinking(
 @dataclass(frozen=True)
 class SourceWindow:
     table: str  # the name the warehouse queries the source rows by
-    source_rows: int
+    source_rows: int  # of the rows read
     invalid_by_reason: dict[str, int]
     quarantine_table: str
     quarantined_per_day: dict[str, int]  # by partition key
+    # {local day: (rows read, newest time read)}: where the next incremental run starts
+    marks: dict[str, tuple[int, dt.datetime]] = field(default_factory=dict)
 
     @property
     def invalid_rows(self) -> int:
@@ -167,10 +184,18 @@ def quarantined_source(
     quarantine_relation: Callable[[str, dg.TimeWindow], PostgresRelation],
     quarantine_types: Mapping[str, str],
     allow_shrink: bool,
+    read: dg.TimeWindow | None = None,
+    tail: bool = False,
 ) -> Iterator[SourceWindow]:
-    window = context.partition_time_window
+    """The partition's source rows staged and its invalid ones quarantined. `read`: the rows
+    read (default: the partition's), e.g. up to the newest row present when the run started.
+    `tail`: `read` is an incremental run's tail after its watermark, and only its quarantine
+    rows are replaced; the caller checked the rows before it against the ledger, so the
+    no-shrink guard, which counts the whole partition, is left to full runs."""
+    partition = context.partition_time_window
+    window = read or partition
     table, time_column = ledger.source_table, ledger.time_column
-    quarantine = time_slice(ledger.quarantine, time_column, window)
+    quarantine = time_slice(ledger.quarantine, time_column, window if tail else partition)
     in_window = window_predicate(time_column, window)
     with source.begin() as conn:
         if not table_exists(conn, table):
@@ -178,13 +203,17 @@ def quarantined_source(
                 f"The source database has no table {table} (configured by "
                 f"{source.url_variable}); see ../shared/CONTRACTS.md for its columns."
             )
-    source_days = ledger.source_per_day(source, window.start, window.end)
+    marks = marks_per_day(source, table, time_column, window.start, window.end)
+    source_days = {day: n for day, (n, _) in marks.items()}
     source_rows = sum(source_days.values())
-    if allow_shrink:
+    if tail:
+        pass
+    elif allow_shrink:
         context.log.warning("allow_shrink: stored rows the source no longer has are deleted")
     else:
+        # the rows read: up to the run's cutoff, at least what any earlier run stored
         refuse_shrinking(ledger, source_days,
-                         ledger.stored_per_day(warehouse, window.start, window.end),
+                         ledger.stored_per_day(warehouse, partition.start, partition.end),
                          context.asset_key.to_user_string())
     staging_name = f"{table.split('.')[-1]}_{context.run_id}"
     with source_table(source, warehouse, table, columns, in_window, staging_name) as queryable:
@@ -206,4 +235,4 @@ def quarantined_source(
             f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {source_rows} rows of {table}, "
             f"{sum(by_reason.values())} quarantined {by_reason}"
         )
-        yield SourceWindow(queryable, source_rows, by_reason, ledger.quarantine, per_day)
+        yield SourceWindow(queryable, source_rows, by_reason, ledger.quarantine, per_day, marks)

@@ -15,6 +15,7 @@ from mushroom_pipeline.defs.setpoints.changes import (
     detect_changes,
     point_treatments,
     stage_tracked_points,
+    tail_snapshots,
 )
 from mushroom_pipeline.defs.setpoints.checks import (
     chain_spec,
@@ -23,6 +24,14 @@ from mushroom_pipeline.defs.setpoints.checks import (
     check_unconfigured,
     no_duplicates_spec,
     unconfigured_spec,
+)
+from mushroom_pipeline.defs.setpoints.incremental import (
+    MICROSECOND,
+    catalog_fingerprint,
+    ledger_entry,
+    plan_events_tail,
+    plan_snapshots_tail,
+    source_cutoff,
 )
 from mushroom_pipeline.defs.setpoints.snapshots import (
     KEY,
@@ -39,7 +48,11 @@ from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 from mushroom_pipeline.warehouse.frames import read_frame
-from mushroom_pipeline.warehouse.io_manager import replace_table_slice
+from mushroom_pipeline.warehouse.io_manager import (
+    SliceTail,
+    replace_slice_rows,
+    replace_table_slice,
+)
 from mushroom_pipeline.warehouse.source import (
     SourceLedger,
     SourceWindowConfig,
@@ -123,10 +136,20 @@ def setpoint_snapshots(
     warehouse: PostgresResource,
     farm_catalog: FarmCatalogResource,
 ):
-    window = context.partition_time_window
+    partition = context.partition_time_window
+    points_config = farm_catalog.points()
+    catalog = catalog_fingerprint(points_config)
+    tail, why = plan_snapshots_tail(context, source_database, warehouse, SOURCE_TABLE,
+                                    QUARANTINE_TABLE, catalog, config.allow_shrink)
+    # up to the newest row present now: rows arriving meanwhile are the next run's
+    cutoff = source_cutoff(source_database, SOURCE_TABLE, partition)
+    start = tail.after + MICROSECOND if tail else partition.start
+    end = min(partition.end, max(start, cutoff + MICROSECOND)) if cutoff else partition.end
+    read = dg.TimeWindow(start, end)
+    context.log.info(f"setpoint_snapshots: {why}; reading {read.start.isoformat()} .. {read.end.isoformat()}")
     # The staging tables live until the snapshots' INSERT … SELECT, which runs on the yield.
     with window_points(
-        source_database, warehouse, window, farm_catalog.points(),
+        source_database, warehouse, read, points_config,
         f"setpoint_switches_{context.run_id}",
     ) as points, quarantined_source(
         context,
@@ -137,13 +160,35 @@ def setpoint_snapshots(
         partial(quarantine_relation, switches=points.switches_table),
         column_types(QUARANTINE_SCHEMA),
         config.allow_shrink,
+        read=read,
+        tail=tail is not None,
     ) as source, staged_baselines(
-        source_database, warehouse, window, points, f"setpoint_baselines_{context.run_id}"
+        source_database, warehouse, read, points, f"setpoint_baselines_{context.run_id}"
     ) as (earlier, found):
+        relation = snapshots_relation(source.table, read, earlier, points.switches_table)
+        if tail:
+            # Every stored row of the day is at or before the watermark (plan_snapshots_tail):
+            # the tail's snapshots, and the baselines of its points first seen after it, are new.
+            rows, newest = source.marks.get(context.partition_key, (0, None))
+            ledger = {context.partition_key: ledger_entry(
+                tail.ledger["source_rows"] + rows, max(tail.after, newest or tail.after))}
+            output = SliceTail(relation, f"NOT is_baseline AND recorded_at > '{tail.after.isoformat()}'::timestamptz")
+        else:
+            ledger = {day: ledger_entry(n, newest) for day, (n, newest) in source.marks.items()}
+            output = relation
+        metadata = source.metadata()
         yield dg.Output(
-            snapshots_relation(source.table, window, earlier, points.switches_table),
+            output,
             metadata={
-                **source.metadata(),
+                **metadata,
+                # the source rows the day's stored rows account for; read by this run
+                "source_rows": sum(entry["source_rows"] for entry in ledger.values()),
+                "source_rows_read": source.source_rows,
+                "mode": "since watermark" if tail else "full",
+                "mode_reason": why,
+                "ledger": dg.MetadataValue.json(ledger),
+                "appended_after": dg.MetadataValue.json(tail.ledger if tail else {}),
+                "catalog": catalog,
                 "baselines_before_window": found,
                 "switch_points": len(points.switches),
             },
@@ -180,17 +225,29 @@ def setpoint_change_events(
     setpoint_snapshots: PostgresRelation,
 ):
     config = farm_catalog.points()
+    catalog = catalog_fingerprint(config)
+    plan, through, why = plan_events_tail(context, catalog)
+    window = context.partition_time_window
+    references = time_slice(REFERENCES_TABLE, "day", window)
     with warehouse.begin() as conn:
-        treatments = point_treatments(conn, setpoint_snapshots.sql, config)
-        changes = detect_changes(conn, setpoint_snapshots.sql, treatments)
+        snapshots = tail_snapshots(conn, window, plan[0].after) if plan else setpoint_snapshots.sql
+        treatments = point_treatments(conn, snapshots, config)
+        changes = detect_changes(conn, snapshots, treatments)
     # Written first, as the quarantine is: a failed write of the events re-runs both.
-    replace_table_slice(
-        warehouse,
-        time_slice(REFERENCES_TABLE, "day", context.partition_time_window),
-        changes.references,
-        REFERENCE_TYPES,
-    )
+    if plan:
+        # the tail's deadband points' references; the others' stay as stored
+        keys = changes.references
+        replace_slice_rows(
+            warehouse, references, keys, REFERENCE_TYPES,
+            "(room, device, point) IN (SELECT * FROM unnest(%(rooms)s::text[], "
+            "%(devices)s::text[], %(points)s::text[]))",
+            {"rooms": list(keys["room"]), "devices": list(keys["device"]),
+             "points": list(keys["point"])},
+        )
+    else:
+        replace_table_slice(warehouse, references, changes.references, REFERENCE_TYPES)
     events = changes.events
+    context.log.info(f"setpoint_change_events: {why}")
     batch = treatments["kind"] == BATCH_KIND
     excluded = treatments[treatments["excluded"] & ~batch]
     tracked = ~treatments["excluded"]
@@ -206,8 +263,13 @@ def setpoint_change_events(
          "new_label", "change_kind"]
     ]
     yield dg.Output(
-        events,
+        SliceTail(events, f"changed_at > '{plan[0].after.isoformat()}'::timestamptz") if plan else events,
         metadata={
+            "mode": "since watermark" if plan else "full",
+            "mode_reason": why,
+            # the snapshots' ledger these events are computed from: where the next tail starts
+            "through": dg.MetadataValue.json(through),
+            "catalog": catalog,
             "events_by_kind": dg.MetadataValue.json(events["change_kind"].value_counts().to_dict()),
             "events_by_room": dg.MetadataValue.json(events["room"].value_counts().to_dict()),
             "events_by_device": dg.MetadataValue.json(events["device"].value_counts().to_dict()),
