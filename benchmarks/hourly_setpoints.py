@@ -1,6 +1,6 @@
 """Benchmark: a day of hourly_setpoint_monitoring ticks (since the watermark) against one daily run.
 
-    .venv/bin/python benchmarks/hourly_setpoints.py [--rooms 50] [--points 20]
+    .venv/bin/python benchmarks/hourly_setpoints.py [--rooms 50] [--points 20] [--late-row]
 
 The day of benchmarks/setpoint_change_events.py (`rooms` × `points` snapshotted every minute:
 50 × 20 × 1440 = 1.44 M rows, plus the evening before's last hour), arriving hour by hour: hour
@@ -9,7 +9,9 @@ since_watermark, one Dagster instance across the ticks); the 24th tick is 00:05'
 finalization. setpoint_snapshots + setpoint_change_events, in process, as the other benchmark.
 Then one daily run of the whole day (untagged: the full path) re-materializes it, and a first
 run into an empty warehouse; the day's snapshots and events of the ticks and of the daily run
-are compared row for row (EXCEPT ALL both ways, in the database).
+are compared row for row (EXCEPT ALL both ways, in the database). `--late-row`: a snapshot
+recorded at 03:10:30 arrives after the 05:05 tick (a setpoint of 99: 2 more events), so the
+06:05 tick re-reads the whole day.
 """
 
 import argparse
@@ -69,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rooms", type=int, default=50)
     parser.add_argument("--points", type=int, default=20)
+    parser.add_argument("--late-row", action="store_true")
     args = parser.parse_args()
     frame = snapshots(args.rooms, args.points)
     start = pd.Timestamp(DAY, tz="UTC")
@@ -82,6 +85,10 @@ def main() -> None:
         arriving = frame[(frame["recorded_at"] >= start + pd.Timedelta(hours=hour))
                          & (frame["recorded_at"] < start + pd.Timedelta(hours=hour + 1))]
         insert(arriving)
+        if args.late_row and hour == 5:  # before the 06:05 tick
+            late = frame[(frame["recorded_at"] == start + pd.Timedelta(hours=3, minutes=10))
+                         & frame["point"].str.endswith("_setpoint")].head(1)
+            insert(late.assign(recorded_at=late["recorded_at"] + pd.Timedelta(seconds=30), value=99.0))
         with RESOURCES["source_database"].begin() as conn:
             conn.exec_driver_sql("ANALYZE iot.device_setpoints")  # as autovacuum would, between ticks
         seconds, metadata = run(instance, True, key)
@@ -104,8 +111,9 @@ def main() -> None:
     total = sum(ticks)
     print(f"## A day of hourly ticks: {day_rows:,} snapshots ({args.rooms} rooms × {args.points} points, 1 min), "
           f"{events:,} change events")
-    print(f"ticks: {modes.count('since watermark')} since the watermark, {modes.count('full')} full "
-          f"(the day's first: no ledger yet); source rows read {sum(read):,} (the day: {day_rows:,})")
+    fulls = [f"{(hour + 1) % 24:02d}:05" for hour, mode in enumerate(modes) if mode == "full"]
+    print(f"ticks: {modes.count('since watermark')} since the watermark, {len(fulls)} full ({', '.join(fulls)}; "
+          f"01:05: no ledger yet); source rows read {sum(read):,} (the day: {day_rows:,})")
     print("tick seconds: " + " ".join(f"{s:.2f}" for s in ticks))
     print("| path | seconds |")
     print("|---|---:|")

@@ -117,7 +117,8 @@ SETPOINTS_LEDGER = SourceLedger(
     "each point with snapshots that day, its last snapshot before the day, its baseline. Invalid "
     "rows go to "
     f"mushroom.{QUARANTINE_TABLE} with their reason (a switch of the farm's catalog holding "
-    "a value other than 0/1: not_a_switch_value).",
+    "a value other than 0/1: not_a_switch_value). The hourly ticks read only the rows after "
+    "the day's watermark and append them (the whole day when a late row landed before it).",
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
