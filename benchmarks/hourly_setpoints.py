@@ -25,8 +25,8 @@ import pandas as pd
 from _common import RESOURCES, reset_source
 from setpoint_change_events import ASSETS, DAY, snapshots
 
-from mushroom_pipeline.demo.farm import SETPOINT_DDL, SETPOINT_TYPES
 from mushroom_pipeline.defs.setpoints.incremental import MODE_TAG, SINCE_WATERMARK
+from mushroom_pipeline.demo.farm import SETPOINT_DDL, SETPOINT_TYPES
 from mushroom_pipeline.warehouse.frames import copy_frame
 
 TABLES = {"setpoint_snapshots": "day", "setpoint_change_events": "day"}

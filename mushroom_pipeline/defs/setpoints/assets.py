@@ -177,11 +177,10 @@ def setpoint_snapshots(
         else:
             ledger = {day: ledger_entry(n, newest) for day, (n, newest) in source.marks.items()}
             output = relation
-        metadata = source.metadata()
         yield dg.Output(
             output,
             metadata={
-                **metadata,
+                **source.metadata(),
                 # the source rows the day's stored rows account for; read by this run
                 "source_rows": sum(entry["source_rows"] for entry in ledger.values()),
                 "source_rows_read": source.source_rows,
@@ -227,15 +226,15 @@ def setpoint_change_events(
 ):
     config = farm_catalog.points()
     catalog = catalog_fingerprint(config)
-    plan, through, why = plan_events_tail(context, catalog)
+    tail, through, why = plan_events_tail(context, catalog)
     window = context.partition_time_window
     references = time_slice(REFERENCES_TABLE, "day", window)
     with warehouse.begin() as conn:
-        snapshots = tail_snapshots(conn, window, plan[0].after) if plan else setpoint_snapshots.sql
+        snapshots = tail_snapshots(conn, window, tail.after) if tail else setpoint_snapshots.sql
         treatments = point_treatments(conn, snapshots, config)
         changes = detect_changes(conn, snapshots, treatments)
     # Written first, as the quarantine is: a failed write of the events re-runs both.
-    if plan:
+    if tail:
         # the tail's deadband points' references; the others' stay as stored
         keys = changes.references
         replace_slice_rows(
@@ -264,9 +263,9 @@ def setpoint_change_events(
          "new_label", "change_kind"]
     ]
     yield dg.Output(
-        SliceTail(events, f"changed_at > '{plan[0].after.isoformat()}'::timestamptz") if plan else events,
+        SliceTail(events, f"changed_at > '{tail.after.isoformat()}'::timestamptz") if tail else events,
         metadata={
-            "mode": "since watermark" if plan else "full",
+            "mode": "since watermark" if tail else "full",
             "mode_reason": why,
             # the snapshots' ledger these events are computed from: where the next tail starts
             "through": dg.MetadataValue.json(through),

@@ -122,11 +122,9 @@ def plan_snapshots_tail(
     return Tail(after, entry), f"since the watermark {entry['watermark']}"
 
 
-def plan_events_tail(
-    context: dg.AssetExecutionContext, catalog: str
-) -> tuple[tuple[Tail, dict] | None, dict, str]:
-    """((the snapshots' tail, the day's ledger after it), the ledger the events are computed
-    from, why) — the tail None when the whole day's events are computed."""
+def plan_events_tail(context: dg.AssetExecutionContext, catalog: str) -> tuple[Tail | None, dict, str]:
+    """(the snapshots' tail to compute the events of, or None for the whole day; the snapshots'
+    ledger the events are computed from; why)."""
     key_range = context.partition_key_range
     snapshots = latest_metadata(context, "setpoint_snapshots", key_range.end) or {}
     through = snapshots.get("ledger", {})
@@ -139,5 +137,5 @@ def plan_events_tail(
     previous = latest_metadata(context, "setpoint_change_events", day) or {}
     if previous.get("through", {}).get(day) != appended or previous.get("catalog") != catalog:
         return None, through, "the stored events are not those of the snapshots appended to"
-    return (Tail(dt.datetime.fromisoformat(appended["watermark"]), appended), through), through, (
-        f"since the watermark {appended['watermark']}")
+    return (Tail(dt.datetime.fromisoformat(appended["watermark"]), appended), through,
+            f"since the watermark {appended['watermark']}")
