@@ -246,3 +246,58 @@ def test_a_new_table_is_loaded_first_and_indexed_after_with_every_index(warehous
                      ["indexdef"].str.extract(r"USING btree \((.*)\)")[0])
     assert indexes == ["at", "room, at"]
     assert query(warehouse, "SELECT count(*) AS n FROM mushroom.indexed")["n"][0] == 5
+
+
+@dg.asset(
+    partitions_def=partitions,
+    metadata={"partition_expr": "at", "dagster/column_schema": SCHEMA},
+    config_schema={"after_hour": int, "room": str, "fail": bool},
+    name="measurements",
+)
+def measurements_tail(context: dg.AssetExecutionContext):
+    """The day's rows after `after_hour` only, for `room`: an incremental run's output."""
+    from mushroom_pipeline.warehouse.tables import SliceTail
+
+    config = context.op_execution_context.op_config
+    window = context.partition_time_window
+    after = window.start + dt.timedelta(hours=config["after_hour"])
+    frame = rows_for(window, 9.0)
+    frame = frame[frame["at"] > after].assign(room=config["room"])
+    if config["fail"]:
+        frame["value"] = frame["value"].astype(object)
+        frame.iloc[-1, frame.columns.get_loc("value")] = "not a number"
+    return SliceTail(frame, "at > %(after)s AND room = %(room)s",
+                     {"after": after, "room": config["room"]})
+
+
+def test_a_slice_tail_replaces_only_its_rows_with_bound_values_and_a_failure_keeps_them(warehouse):
+    """Rows of the day up to the watermark stay; the tail's are replaced, never duplicated; its
+    values (a quote, a `%`) are bound; a failed tail write keeps every row."""
+    assert materialize(key="2026-01-13", version=1).success
+    database = resources()[1]
+    room = "room 'A'"  # the rows' own room: a quote in a bound value
+    run = {"after_hour": 11, "room": room, "fail": False}
+
+    def tail(**config):
+        return dg.materialize([measurements_tail], partition_key="2026-01-13", resources=resources()[0],
+                              run_config={"ops": {"measurements": {"config": {**run, **config}}}},
+                              raise_on_error=False)
+
+    result = tail()
+    assert result.success
+    rows = table(database)
+    assert len(rows) == 6
+    assert rows.groupby(rows["at"] > local("2026-01-13", 11))["value"].agg(set).to_dict() == {
+        False: {1.0}, True: {9.0}}
+    metadata = result.asset_materializations_for_node("measurements")[0].metadata
+    assert metadata["rows_written"].value == 3
+    assert metadata["replaced_where"].value == "at > %(after)s AND room = %(room)s"
+
+    assert not tail(after_hour=3, fail=True).success
+    pd.testing.assert_frame_equal(table(database), rows)
+
+    # another room's tail leaves this room's rows alone: 6 + its 4 rows after 07:00
+    assert tail(after_hour=7, room="50% humidity room").success
+    after = table(database)
+    assert after.groupby("room")["value"].agg(lambda v: sorted(v)).to_dict() == {
+        "50% humidity room": [9.0] * 4, room: [1.0] * 3 + [9.0] * 3}

@@ -2,22 +2,20 @@
 
 Writing a partition (or a range of partitions) runs in ONE transaction: lock the table, delete the
 slice, create the table if it is new, COPY the frame in. Readers see the old rows or the new ones,
-never a gap; a failure anywhere rolls back to the old rows.
+never a gap; a failure anywhere rolls back to the old rows. The type handler deletes, not the
+client: it knows the object, and a `SliceTail` replaces only the rows after a watermark (what
+an incremental run changes).
 
 Columns and their Postgres types come from the asset's `dagster/column_schema` metadata (shown in
 the UI too); columns not declared there are inferred from the frame's dtypes.
 
 Two load types: `pd.DataFrame` (the slice's rows, via COPY) and `PostgresRelation` (the slice's
 SELECT statement, for steps that aggregate inside the database instead of moving rows).
-
-An output wrapped in `SliceTail` replaces only the slice's rows matching its predicate (the
-rows after a watermark), in the same one transaction: what an incremental run changes.
 """
 
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
 
 import dagster as dg
 import pandas as pd
@@ -39,15 +37,13 @@ from mushroom_pipeline.warehouse.sql import (
     select_statement,
     slice_table_exists,
     table_column_types,
-    where_clause,
 )
 from mushroom_pipeline.warehouse.tables import (
+    SliceTail,
     declared_column_types,
     lock_table,
     markdown_preview,
-    write_frame,
-    write_output,
-    write_relation,
+    replace_slice,
 )
 
 
@@ -68,11 +64,7 @@ class PostgresClient(DbClient):
         )
 
     def delete_table_slice(self, context, table_slice: TableSlice, connection) -> None:
-        lock_table(connection, qualified_name(table_slice))  # held already: a no-op
-        if slice_table_exists(connection, table_slice):
-            table = qualified_name(table_slice)
-            clause, params = where_clause(table_slice, table_column_types(connection, table))
-            connection.exec_driver_sql(f"DELETE FROM {table} WHERE {clause}", params)
+        """Nothing: the type handler deletes what its object replaces (replace_slice)."""
 
     @staticmethod
     def get_table_name(table_slice: TableSlice) -> str:
@@ -83,16 +75,6 @@ class PostgresClient(DbClient):
         return select_statement(table_slice)
 
 
-class SliceTail(NamedTuple):
-    """An output that replaces only the slice's rows matching `where` (SQL over the table's
-    columns, values rendered by the caller as in window_predicate): the rest of the slice is
-    kept. `rows` (frame or relation) must hold only rows matching `where`, or the slice would
-    gain duplicates."""
-
-    rows: Any
-    where: str
-
-
 def replace_table_slice(
     database: PostgresResource,
     table_slice: TableSlice,
@@ -100,42 +82,26 @@ def replace_table_slice(
     declared: Mapping[str, str],
     indexes: Sequence[str] = (),
 ) -> int:
-    """What the I/O manager does for an output, for a table that is not an asset of its own."""
+    """What the I/O manager does for an output (`obj` a frame, a relation or a SliceTail), for a
+    table that is not an asset of its own."""
     client = PostgresClient(database)
     with client.connect(None, table_slice) as connection:
         client.ensure_schema_exists(None, table_slice, connection)
-        client.delete_table_slice(None, table_slice, connection)
-        return write_output(connection, table_slice, obj, declared, indexes)
-
-
-def replace_slice_rows(
-    database: PostgresResource,
-    table_slice: TableSlice,
-    obj,
-    declared: Mapping[str, str],
-    where: str,
-    params: Mapping[str, object],
-) -> int:
-    """replace_table_slice for the slice's rows matching `where` (bound `params`) only."""
-    client = PostgresClient(database)
-    with client.connect(None, table_slice) as connection:
-        client.ensure_schema_exists(None, table_slice, connection)
-        if slice_table_exists(connection, table_slice):
-            table = qualified_name(table_slice)
-            clause, slice_params = where_clause(table_slice, table_column_types(connection, table))
-            connection.exec_driver_sql(
-                f"DELETE FROM {table} WHERE ({clause}) AND ({where})", {**slice_params, **params})
-        return write_output(connection, table_slice, obj, declared)
+        return replace_slice(connection, table_slice, obj, declared, indexes)
 
 
 INDEXES_METADATA = "mushroom/indexes"  # CREATE INDEX statements ({table}) for a new table
 
 
+def _replace(context: dg.OutputContext, table_slice: TableSlice, obj, connection) -> int:
+    indexes = (context.definition_metadata or {}).get(INDEXES_METADATA, ())
+    return replace_slice(connection, table_slice, obj, declared_column_types(context), indexes)
+
+
 class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
     def handle_output(self, context: dg.OutputContext, table_slice: TableSlice, obj, connection):
+        _replace(context, table_slice, obj, connection)
         declared = declared_column_types(context)
-        indexes = (context.definition_metadata or {}).get(INDEXES_METADATA, ())
-        write_frame(connection, table_slice, obj, declared, indexes)
         shown = obj[[c for c in obj.columns if not declared.get(c, "").startswith("vector")]]
         return {"dagster/row_count": len(obj), "preview": markdown_preview(shown)}
 
@@ -161,10 +127,10 @@ class RelationTypeHandler(DbTypeHandler[PostgresRelation]):
     """Outputs: INSERT … SELECT inside the database. Inputs: the slice's SELECT statement."""
 
     def handle_output(self, context, table_slice: TableSlice, obj: PostgresRelation, connection):
-        declared = declared_column_types(context)
-        rows = write_relation(connection, table_slice, obj, declared)
+        rows = _replace(context, table_slice, obj, connection)
         preview = pd.read_sql_query(
-            f"SELECT * FROM ({select_statement(table_slice, declared)}) s LIMIT 10", connection
+            f"SELECT * FROM ({select_statement(table_slice, declared_column_types(context))}) s "
+            "LIMIT 10", connection
         )
         return {"dagster/row_count": rows, "preview": markdown_preview(preview)}
 
@@ -177,29 +143,21 @@ class RelationTypeHandler(DbTypeHandler[PostgresRelation]):
         return [PostgresRelation]
 
 
-class PostgresDbIOManager(DbIOManager):
-    """DbIOManager, plus SliceTail outputs: lock, delete the slice's rows matching the tail's
-    predicate, insert the tail's rows, in one transaction (a failure keeps the old rows)."""
+class SliceTailTypeHandler(DbTypeHandler[SliceTail]):
+    """An incremental run's output: the slice's rows after its watermark replaced, the rest kept."""
 
-    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
-        if not isinstance(obj, SliceTail):
-            return super().handle_output(context, obj)
-        self._check_supported_type(type(obj.rows))
-        table_slice = self._get_table_slice(context, context)
-        with self._db_client.connect(context, table_slice) as conn:
-            self._db_client.ensure_schema_exists(context, table_slice, conn)
-            if slice_table_exists(conn, table_slice):
-                table = qualified_name(table_slice)
-                clause, params = where_clause(table_slice, table_column_types(conn, table))
-                conn.exec_driver_sql(f"DELETE FROM {table} WHERE ({clause}) AND ({obj.where})", params)
-            handler = self._resolve_handler(type(obj.rows))
-            metadata = dict(handler.handle_output(context, table_slice, obj.rows, conn) or {})
+    def handle_output(self, context, table_slice: TableSlice, obj: SliceTail, connection):
         # the tail's rows, not the slice's: the day's count would cost a scan of the day
-        metadata["rows_written"] = metadata.pop("dagster/row_count", 0)
-        context.add_output_metadata({
-            **metadata, "replaced_where": obj.where,
-            "Query": self._db_client.get_select_statement(table_slice),
-        })
+        return {"rows_written": _replace(context, table_slice, obj, connection),
+                "replaced_where": obj.where}
+
+    def load_input(self, context, table_slice: TableSlice, connection):
+        raise TypeError("a SliceTail is only written: load the asset as a DataFrame or a "
+                        "PostgresRelation")
+
+    @property
+    def supported_types(self):
+        return [SliceTail]
 
 
 class PostgresPandasIOManager(dg.ConfigurableIOManagerFactory):
@@ -208,8 +166,8 @@ class PostgresPandasIOManager(dg.ConfigurableIOManagerFactory):
     database: PostgresResource
 
     def create_io_manager(self, context) -> DbIOManager:
-        return PostgresDbIOManager(
-            type_handlers=[PandasPostgresTypeHandler(), RelationTypeHandler()],
+        return DbIOManager(
+            type_handlers=[PandasPostgresTypeHandler(), RelationTypeHandler(), SliceTailTypeHandler()],
             db_client=PostgresClient(self.database),
             database="warehouse",
             schema=WAREHOUSE_SCHEMA,

@@ -1,7 +1,9 @@
 """Tables the pipeline writes: column schemas, creation (and columns added since), the write
-lock, pgvector, and writing a slice's rows as a frame or an INSERT … SELECT."""
+lock, pgvector, and replacing a slice's rows (or an incremental run's tail of them) with a frame
+or an INSERT … SELECT."""
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import dagster as dg
 import pandas as pd
@@ -18,6 +20,7 @@ from mushroom_pipeline.warehouse.sql import (
     quote_ident,
     slice_table_exists,
     table_column_types,
+    where_clause,
 )
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -255,9 +258,41 @@ def write_relation(
     return result.rowcount
 
 
-def write_output(
-    connection, table_slice: TableSlice, obj, declared: Mapping[str, str], indexes: Sequence[str] = ()
+class SliceTail(NamedTuple):
+    """An output that replaces only the slice's rows matching `where` (SQL over the table's
+    columns, its values bound from `params`), the rest of the slice kept: what an incremental
+    run changes. `rows` (frame or relation) must hold only rows matching `where`, or the slice
+    would gain duplicates."""
+
+    rows: pd.DataFrame | PostgresRelation
+    where: str
+    params: Mapping[str, object]
+
+
+def delete_slice(connection: sa.Connection, table_slice: TableSlice, tail: SliceTail | None = None
+                 ) -> None:
+    """Deletes the slice's rows (only those matching `tail`'s predicate, when given)."""
+    if not slice_table_exists(connection, table_slice):
+        return
+    table = qualified_name(table_slice)
+    clause, params = where_clause(table_slice, table_column_types(connection, table))
+    if tail:
+        clause, params = f"({clause}) AND ({tail.where})", {**params, **tail.params}
+    connection.exec_driver_sql(f"DELETE FROM {table} WHERE {clause}", params)
+
+
+def replace_slice(
+    connection: sa.Connection,
+    table_slice: TableSlice,
+    obj: pd.DataFrame | PostgresRelation | SliceTail,
+    declared: Mapping[str, str],
+    indexes: Sequence[str] = (),
 ) -> int:
-    if isinstance(obj, PostgresRelation):
-        return write_relation(connection, table_slice, obj, declared, indexes)
-    return write_frame(connection, table_slice, obj, declared, indexes)
+    """Replaces the slice's rows (a SliceTail: its tail's rows) with `obj`'s, in the caller's
+    transaction, which holds the table's write lock. Returns the rows written."""
+    tail = obj if isinstance(obj, SliceTail) else None
+    delete_slice(connection, table_slice, tail)
+    rows = tail.rows if tail else obj
+    if isinstance(rows, PostgresRelation):
+        return write_relation(connection, table_slice, rows, declared, indexes)
+    return write_frame(connection, table_slice, rows, declared, indexes)

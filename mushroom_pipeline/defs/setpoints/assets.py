@@ -48,11 +48,7 @@ from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 from mushroom_pipeline.warehouse.frames import read_frame
-from mushroom_pipeline.warehouse.io_manager import (
-    SliceTail,
-    replace_slice_rows,
-    replace_table_slice,
-)
+from mushroom_pipeline.warehouse.io_manager import replace_table_slice
 from mushroom_pipeline.warehouse.source import (
     SourceLedger,
     SourceWindowConfig,
@@ -61,6 +57,7 @@ from mushroom_pipeline.warehouse.source import (
 )
 from mushroom_pipeline.warehouse.sql import PostgresRelation
 from mushroom_pipeline.warehouse.tables import (
+    SliceTail,
     column_schema,
     column_types,
     markdown_preview,
@@ -173,7 +170,8 @@ def setpoint_snapshots(
             rows, newest = source.marks.get(context.partition_key, (0, None))
             ledger = {context.partition_key: ledger_entry(
                 tail.ledger["source_rows"] + rows, max(tail.after, newest or tail.after))}
-            output = SliceTail(relation, f"NOT is_baseline AND recorded_at > '{tail.after.isoformat()}'::timestamptz")
+            output = SliceTail(relation, "NOT is_baseline AND recorded_at > %(after)s",
+                               {"after": tail.after})
         else:
             ledger = {day: ledger_entry(n, newest) for day, (n, newest) in source.marks.items()}
             output = relation
@@ -234,18 +232,13 @@ def setpoint_change_events(
         treatments = point_treatments(conn, snapshots, config)
         changes = detect_changes(conn, snapshots, treatments)
     # Written first, as the quarantine is: a failed write of the events re-runs both.
-    if tail:
+    keys = changes.references
+    replace_table_slice(warehouse, references, SliceTail(
         # the tail's deadband points' references; the others' stay as stored
-        keys = changes.references
-        replace_slice_rows(
-            warehouse, references, keys, REFERENCE_TYPES,
-            "(room, device, point) IN (SELECT * FROM unnest(%(rooms)s::text[], "
-            "%(devices)s::text[], %(points)s::text[]))",
-            {"rooms": list(keys["room"]), "devices": list(keys["device"]),
-             "points": list(keys["point"])},
-        )
-    else:
-        replace_table_slice(warehouse, references, changes.references, REFERENCE_TYPES)
+        keys, "(room, device, point) IN (SELECT * FROM unnest(%(rooms)s::text[], "
+        "%(devices)s::text[], %(points)s::text[]))",
+        {"rooms": list(keys["room"]), "devices": list(keys["device"]), "points": list(keys["point"])},
+    ) if tail else keys, REFERENCE_TYPES)
     events = changes.events
     context.log.info(f"setpoint_change_events: {why}")
     batch = treatments["kind"] == BATCH_KIND
@@ -263,7 +256,7 @@ def setpoint_change_events(
          "new_label", "change_kind"]
     ]
     yield dg.Output(
-        SliceTail(events, f"changed_at > '{tail.after.isoformat()}'::timestamptz") if tail else events,
+        SliceTail(events, "changed_at > %(after)s", {"after": tail.after}) if tail else events,
         metadata={
             "mode": "since watermark" if tail else "full",
             "mode_reason": why,

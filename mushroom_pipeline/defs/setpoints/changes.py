@@ -188,7 +188,8 @@ def _deadband_changes(connection, snapshots_sql: str, zone) -> Changes:
     )
 
 
-SEEDS_TABLE = "setpoint_seeds"  # temporary: lives as long as the caller's transaction
+TAIL_TABLE = "setpoint_tail"  # temporary, as the seeds: they live as long as the caller's transaction
+SEEDS_TABLE = "setpoint_seeds"
 SEED_LOOKBACK = "1 hour"  # snapshots are periodic: the last hour nearly always holds each seed
 
 
@@ -197,34 +198,36 @@ def tail_snapshots(connection: sa.Connection, window, after) -> str:
     per point of the tail its seed: its last stored snapshot at or before `after` (its baseline
     when it has none that day), marked as a baseline, so it is compared with and never itself
     an event, and a deadband point takes the day's stored reference as its reported value.
-    Returns the relation's SQL; the seeds live in a temporary table of `connection`'s transaction."""
+    Returns the relation's SQL over two temporary tables of `connection`'s transaction."""
     snapshots = warehouse_table("setpoint_snapshots")
     bounds = {"after": after, "end": window.end, "start": window.start, "day": window.start.date()}
-    tail = (f"recorded_at > '{after.isoformat()}'::timestamptz AND "
-            f"recorded_at < '{window.end.isoformat()}'::timestamptz AND NOT is_baseline")
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {TAIL_TABLE} ON COMMIT DROP AS "
+        f"SELECT {KEY}, value, recorded_at, day, source_rows, is_baseline FROM {snapshots} "
+        "WHERE recorded_at > %(after)s AND recorded_at < %(end)s AND NOT is_baseline",
+        bounds,
+    )
     connection.exec_driver_sql(
         f"CREATE TEMPORARY TABLE {SEEDS_TABLE} ON COMMIT DROP AS "
-        f"SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at FROM {snapshots} s "
-        f"JOIN (SELECT DISTINCT {KEY} FROM {snapshots} WHERE {tail}) k USING ({KEY}) "
+        f"SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at FROM {snapshots} "
+        f"JOIN (SELECT DISTINCT {KEY} FROM {TAIL_TABLE}) k USING ({KEY}) "
         f"WHERE recorded_at > %(after)s - interval '{SEED_LOOKBACK}' AND recorded_at <= %(after)s "
         f"AND recorded_at >= %(start)s AND NOT is_baseline ORDER BY {KEY}, recorded_at DESC",
         bounds,
     )
-    connection.exec_driver_sql(f"ANALYZE {SEEDS_TABLE}")
-    missing = connection.exec_driver_sql(
-        f"SELECT count(*) FROM (SELECT DISTINCT {KEY} FROM {snapshots} WHERE {tail} "
-        f"EXCEPT SELECT {KEY} FROM {SEEDS_TABLE}) m"
-    ).scalar()
-    if missing:  # silent for the hour before, or first seen after it: one look at the whole day
+    unseeded = f"SELECT DISTINCT {KEY} FROM {TAIL_TABLE} EXCEPT SELECT {KEY} FROM {SEEDS_TABLE}"
+    if connection.exec_driver_sql(f"SELECT EXISTS ({unseeded})").scalar():
+        # silent for the hour before, or first seen after it: one look at the whole day
         connection.exec_driver_sql(
             f"INSERT INTO {SEEDS_TABLE} SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at "
-            f"FROM {snapshots} s JOIN (SELECT DISTINCT {KEY} FROM {snapshots} WHERE {tail} "
-            f"EXCEPT SELECT {KEY} FROM {SEEDS_TABLE}) m USING ({KEY}) "
+            f"FROM {snapshots} JOIN ({unseeded}) m USING ({KEY}) "
             "WHERE day = %(day)s AND (is_baseline OR recorded_at <= %(after)s) "
             f"ORDER BY {KEY}, recorded_at DESC",
             bounds,
         )
+    for table in (TAIL_TABLE, SEEDS_TABLE):
+        connection.exec_driver_sql(f"ANALYZE {table}")  # else the planner takes them for tiny
     return (
-        f"SELECT {KEY}, value, recorded_at, day, source_rows, is_baseline FROM {snapshots} WHERE {tail}\n"
+        f"SELECT {KEY}, value, recorded_at, day, source_rows, is_baseline FROM {TAIL_TABLE}\n"
         f"UNION ALL SELECT {KEY}, value, recorded_at, recorded_at::date, 0::bigint, true FROM {SEEDS_TABLE}"
     )
