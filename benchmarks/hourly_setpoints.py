@@ -48,7 +48,7 @@ def keep(suffix: str) -> None:
         for table, column in TABLES.items():
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS public.{table}_{suffix}")
             conn.exec_driver_sql(f"CREATE TABLE public.{table}_{suffix} AS SELECT * FROM mushroom.{table} "
-                                 f"WHERE {column} = '{DAY.isoformat()}'")
+                                 f"WHERE {column} = %s", (DAY,))
 
 
 def differences(a: str, b: str) -> dict[str, int]:
