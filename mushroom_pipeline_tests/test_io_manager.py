@@ -301,3 +301,82 @@ def test_a_slice_tail_replaces_only_its_rows_with_bound_values_and_a_failure_kee
     after = table(database)
     assert after.groupby("room")["value"].agg(lambda v: sorted(v)).to_dict() == {
         "50% humidity room": [9.0] * 4, room: [1.0] * 3 + [9.0] * 3}
+
+
+AMSTERDAM = "Europe/Amsterdam"
+dst_partitions = dg.DailyPartitionsDefinition(start_date="2026-03-01", timezone=AMSTERDAM)
+
+
+@dg.asset(
+    partitions_def=dst_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"partition_expr": "at", "dagster/column_schema": SCHEMA,
+              "mushroom/partitioned_by_day": True},
+    config_schema={"version": float, "fail": bool},
+    name="daily_swapped",
+)
+def daily_swapped(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    config = context.op_execution_context.op_config
+    frame = rows_for(context.partition_time_window, config["version"])
+    if config["fail"]:
+        frame["value"] = frame["value"].astype(object)
+        frame.loc[len(frame) - 1, "value"] = "not a number"
+    return frame
+
+
+def test_a_table_partitioned_by_day_swaps_each_days_partition(warehouse):
+    """One Postgres partition per farm day (the 23-hour DST day included), created by a range
+    run; a re-run of one day swaps only its partition; a failed re-run keeps every row."""
+    from .helpers import query
+
+    database = PostgresResource(home=str(TEST_HOME), timezone=AMSTERDAM)
+    io_managers = {"io_manager": PostgresPandasIOManager(database=database)}
+
+    def run(version, fail=False, **partition):
+        return dg.materialize([daily_swapped], resources=io_managers, raise_on_error=False,
+                              run_config={"ops": {"daily_swapped": {"config": {
+                                  "version": version, "fail": fail}}}}, **partition)
+
+    assert run(1.0, tags=range_tags("2026-03-28", "2026-03-30")).success
+    assert run(2.0, partition_key="2026-03-29").success
+    partitions = query(database, """
+        SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bounds
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'mushroom.daily_swapped'::regclass ORDER BY 1""")
+    assert list(partitions["name"]) == ["daily_swapped_20260328", "daily_swapped_20260329",
+                                        "daily_swapped_20260330"]
+    # 2026-03-29 lasts 23 hours in Amsterdam: midnight +01:00 to midnight +02:00 (shown in the
+    # session's timezone, the farm's)
+    assert partitions["bounds"][1] == ("FOR VALUES FROM ('2026-03-29 00:00:00+01') "
+                                       "TO ('2026-03-30 00:00:00+02')")
+    # every day's partition has the time index, built when it was attached
+    assert query(database, "SELECT count(*) AS n FROM pg_indexes WHERE tablename LIKE "
+                 "'daily\\_swapped\\_2026%%'")["n"][0] == 3
+
+    def values():
+        rows = query(database, "SELECT at, value FROM mushroom.daily_swapped ORDER BY at")
+        local_day = pd.to_datetime(rows["at"], utc=True).dt.tz_convert(AMSTERDAM).dt.date.astype(str)
+        return rows.groupby(local_day)["value"].agg(lambda v: (len(v), sorted(set(v)))).to_dict()
+
+    expected = {"2026-03-28": (6, [1.0]), "2026-03-29": (6, [2.0]), "2026-03-30": (6, [1.0])}
+    assert values() == expected
+    assert not run(3.0, fail=True, partition_key="2026-03-29").success
+    assert values() == expected
+    assert query(database, "SELECT count(*) AS n FROM pg_tables WHERE tablename LIKE "
+                 "'%%\\_\\_%%'")["n"][0] == 0  # no staging or __new table left
+
+
+def test_a_table_made_unpartitioned_by_an_earlier_version_keeps_its_rows_and_the_delete(warehouse):
+    from .helpers import query
+
+    database = PostgresResource(home=str(TEST_HOME), timezone=AMSTERDAM)
+    with database.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS mushroom; CREATE TABLE "
+                             "mushroom.daily_swapped (at timestamptz, room text, value float8)")
+    io_managers = {"io_manager": PostgresPandasIOManager(database=database)}
+    for key in ("2026-03-28", "2026-03-29", "2026-03-29"):
+        assert dg.materialize([daily_swapped], resources=io_managers, partition_key=key, run_config={
+            "ops": {"daily_swapped": {"config": {"version": 1.0, "fail": False}}}}).success
+    assert query(database, "SELECT count(*) AS n FROM mushroom.daily_swapped")["n"][0] == 12
+    assert query(database, "SELECT relkind FROM pg_class WHERE oid = "
+                 "'mushroom.daily_swapped'::regclass")["relkind"][0] == "r"

@@ -91,11 +91,16 @@ def replace_table_slice(
 
 
 INDEXES_METADATA = "mushroom/indexes"  # CREATE INDEX statements ({table}) for a new table
+# a new table partitioned by day, each re-run's days swapped in (tables.swap_days): for the
+# big tables, where deleting a day's rows cost more than writing them
+BY_DAY_METADATA = "mushroom/partitioned_by_day"
 
 
 def _replace(context: dg.OutputContext, table_slice: TableSlice, obj, connection) -> int:
-    indexes = (context.definition_metadata or {}).get(INDEXES_METADATA, ())
-    return replace_slice(connection, table_slice, obj, declared_column_types(context), indexes)
+    metadata = context.definition_metadata or {}
+    return replace_slice(connection, table_slice, obj, declared_column_types(context),
+                         metadata.get(INDEXES_METADATA, ()),
+                         by_day=bool(metadata.get(BY_DAY_METADATA, False)))
 
 
 class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):

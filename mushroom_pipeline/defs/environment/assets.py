@@ -32,7 +32,7 @@ from mushroom_pipeline.partitions import FARM_TZ, daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 from mushroom_pipeline.warehouse.frames import read_frame
-from mushroom_pipeline.warehouse.io_manager import PostgresClient
+from mushroom_pipeline.warehouse.io_manager import BY_DAY_METADATA, PostgresClient
 from mushroom_pipeline.warehouse.source import (
     SourceLedger,
     SourceWindowConfig,
@@ -104,7 +104,8 @@ ENV_READINGS_LEDGER = SourceLedger(
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    metadata={"partition_expr": "measured_at", "dagster/column_schema": READINGS_SCHEMA},
+    metadata={"partition_expr": "measured_at", "dagster/column_schema": READINGS_SCHEMA,
+              BY_DAY_METADATA: True},
     check_specs=[invalid_share_spec],
     deps=[IOT_ENV_READINGS],
     group_name="environment",
