@@ -45,42 +45,91 @@ def staging_tables(warehouse) -> list[str]:
                  )["tablename"].tolist()
 
 
-@pytest.mark.parametrize("table", ["env_readings", "env_daily_stats"],
-                         ids=["relation INSERT", "DataFrame COPY"])
-def test_a_run_killed_during_a_slice_write_leaves_the_previous_rows(warehouse, table):
+def _killed_then_rerun(warehouse, run: subprocess.Popen, stalled, released, table: str,
+                       before: pd.DataFrame, leftover: list[str]) -> None:
+    """Kills `run` once `stalled()` says its write is held up inside its transaction, lets the
+    orphaned statement end (`released()`), and checks that nothing was committed, what the run
+    left in mushroom_staging, and that the next run writes the day whole."""
+    try:
+        wait_until(stalled, 120, "the run to reach its write")
+        run.send_signal(signal.SIGKILL)
+        run.wait(10)
+    finally:
+        run.kill()
+    released()
+    pd.testing.assert_frame_equal(snapshot(warehouse, table), before)  # rolled back
+    assert [name.rsplit("_", 1)[0] for name in staging_tables(warehouse)] == leftover
+    assert dg.materialize(ASSETS, partition_key=DAY, resources=database_resources()).success
+    after = snapshot(warehouse, "env_readings")
+    assert len(after) == 2 * 24 * 2 and sorted(set(after["value"])) == [16.0, 18.0]
+    assert staging_tables(warehouse) == []  # the next run dropped what the killed one left
+
+
+def _first_run_then_late_rows(warehouse, table: str) -> pd.DataFrame:
     insert_readings(warehouse, readings(range(0, 12), 16.0))
     assert dg.materialize(ASSETS, partition_key=DAY, resources=database_resources()).success
     before = snapshot(warehouse, table)
     insert_readings(warehouse, readings(range(12, 24), 18.0))  # late rows: the re-run has work
+    return before
+
+
+def test_a_run_killed_during_a_slice_copy_leaves_the_previous_rows(warehouse):
+    before = _first_run_then_late_rows(warehouse, "env_daily_stats")
     # The write stalls inside its statement, after the DELETE of the old slice in the same
     # transaction: that is when the process is killed.
     with warehouse.begin() as conn:
         conn.exec_driver_sql(
             "CREATE FUNCTION mushroom.stall() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN PERFORM pg_sleep(4); RETURN NULL; END $$; "
-            f"CREATE TRIGGER stall BEFORE INSERT ON mushroom.{table} "
+            "CREATE TRIGGER stall BEFORE INSERT ON mushroom.env_daily_stats "
             "FOR EACH STATEMENT EXECUTE FUNCTION mushroom.stall()"
         )
     run = subprocess.Popen([sys.executable, "-c", KILLED_RUN], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
+
+    def stalled() -> bool:
+        if sleeping_writers(warehouse) == 0:
+            return False
+        pd.testing.assert_frame_equal(snapshot(warehouse, "env_daily_stats"), before)  # not committed
+        return True
+
+    def released() -> None:
+        wait_until(lambda: sleeping_writers(warehouse) == 0, 30, "the orphaned statement to end")
+        with warehouse.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER stall ON mushroom.env_daily_stats; "
+                                 "DROP FUNCTION mushroom.stall()")
+
+    _killed_then_rerun(warehouse, run, stalled, released, "env_daily_stats", before, [])
+
+
+def test_a_run_killed_during_a_day_swap_leaves_the_previous_partition(warehouse):
+    """env_readings swaps its day's partition: the run is killed while its DROP of the old
+    partition waits for a reader's lock, after its new day was loaded, in the same transaction."""
+    before = _first_run_then_late_rows(warehouse, "env_readings")
+    partition = f"mushroom.env_readings_{DAY.replace('-', '')}"
+    reader = warehouse.get_engine().connect()
+    transaction = reader.begin()
+    reader.exec_driver_sql(f"SELECT count(*) FROM {partition}")  # holds it until the rollback
+    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+    def dropping() -> int:
+        return int(query(warehouse, "SELECT count(*) AS n FROM pg_stat_activity WHERE "
+                         "wait_event_type = 'Lock' AND query LIKE %(drop)s",
+                         drop=f"DROP TABLE IF EXISTS %env_readings_{DAY.replace('-', '')}%")["n"][0])
+
+    def released() -> None:
+        transaction.rollback()
+        reader.close()
+        wait_until(lambda: dropping() == 0, 30, "the orphaned DROP to end")
+
     try:
-        wait_until(lambda: sleeping_writers(warehouse) > 0, 120, "the run to reach its write")
-        pd.testing.assert_frame_equal(snapshot(warehouse, table), before)  # not committed
-        run.send_signal(signal.SIGKILL)
-        run.wait(10)
+        _killed_then_rerun(warehouse, run, lambda: dropping() > 0, released, "env_readings",
+                           before, ["metric_names"])
     finally:
-        run.kill()
-    wait_until(lambda: sleeping_writers(warehouse) == 0, 30, "the orphaned statement to end")
-    with warehouse.begin() as conn:
-        conn.exec_driver_sql(f"DROP TRIGGER stall ON mushroom.{table}; DROP FUNCTION mushroom.stall()")
-    pd.testing.assert_frame_equal(snapshot(warehouse, table), before)  # rolled back
-    # killed inside env_readings, the run left its staged metric names behind
-    leftover = [name.rsplit("_", 1)[0] for name in staging_tables(warehouse)]
-    assert leftover == {"env_readings": ["metric_names"], "env_daily_stats": []}[table]
-    assert dg.materialize(ASSETS, partition_key=DAY, resources=database_resources()).success
-    after = snapshot(warehouse, "env_readings")
-    assert len(after) == 2 * 24 * 2 and sorted(set(after["value"])) == [16.0, 18.0]
-    assert staging_tables(warehouse) == []  # the next run dropped what the killed one left
+        reader.close()
+    assert query(warehouse, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'mushroom' "
+                 "AND tablename LIKE '%%\\_\\_%%'")["n"][0] == 0  # no __swap or __new table left
 
 
 def test_two_runs_of_one_partition_at_once_leave_one_copy(warehouse):
