@@ -345,6 +345,11 @@ def test_a_table_partitioned_by_day_swaps_each_days_partition(warehouse):
         WHERE i.inhparent = 'mushroom.daily_swapped'::regclass ORDER BY 1""")
     assert list(partitions["name"]) == ["daily_swapped_20260328", "daily_swapped_20260329",
                                         "daily_swapped_20260330"]
+    # in a schema of their own: mushroom lists only the tables users read
+    assert set(query(database, "SELECT schemaname FROM pg_tables WHERE tablename LIKE "
+                     "'daily\\_swapped%%'")["schemaname"]) == {"mushroom", "mushroom_days"}
+    assert query(database, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'mushroom' "
+                 "AND tablename LIKE 'daily\\_swapped%%'")["n"][0] == 1
     # 2026-03-29 lasts 23 hours in Amsterdam: midnight +01:00 to midnight +02:00 (shown in the
     # session's timezone, the farm's)
     assert partitions["bounds"][1] == ("FOR VALUES FROM ('2026-03-29 00:00:00+01') "

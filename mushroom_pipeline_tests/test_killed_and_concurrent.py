@@ -106,7 +106,7 @@ def test_a_run_killed_during_a_day_swap_leaves_the_previous_partition(warehouse)
     """env_readings swaps its day's partition: the run is killed while its DROP of the old
     partition waits for a reader's lock, after its new day was loaded, in the same transaction."""
     before = _first_run_then_late_rows(warehouse, "env_readings")
-    partition = f"mushroom.env_readings_{DAY.replace('-', '')}"
+    partition = f"mushroom_days.env_readings_{DAY.replace('-', '')}"
     reader = warehouse.get_engine().connect()
     transaction = reader.begin()
     reader.exec_driver_sql(f"SELECT count(*) FROM {partition}")  # holds it until the rollback
@@ -128,7 +128,7 @@ def test_a_run_killed_during_a_day_swap_leaves_the_previous_partition(warehouse)
                            before, ["metric_names"])
     finally:
         reader.close()
-    assert query(warehouse, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'mushroom' "
+    assert query(warehouse, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'mushroom_days' "
                  "AND tablename LIKE '%%\\_\\_%%'")["n"][0] == 0  # no __swap or __new table left
 
 

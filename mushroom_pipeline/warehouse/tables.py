@@ -340,6 +340,9 @@ def _farm_days(window: dg.TimeWindow) -> Iterator[tuple[dt.datetime, dt.datetime
         start = end
 
 
+DAYS_SCHEMA_SUFFIX = "_days"  # mushroom_days: the day partitions of mushroom's tables
+
+
 def swap_days(connection: sa.Connection, table_slice: TableSlice, rows, declared: Mapping[str, str]
               ) -> int:
     """Replaces each day of the slice's window by swapping its partition: the rows are loaded
@@ -353,7 +356,10 @@ def swap_days(connection: sa.Connection, table_slice: TableSlice, rows, declared
     column = _time_column(table_slice)
     window = next(d.partitions for d in table_slice.partition_dimensions
                   if isinstance(d.partitions, dg.TimeWindow))
-    stage = TableSlice(table=f"{table_slice.table}__swap", schema=table_slice.schema,
+    # the days' tables in a schema of their own: the table's schema lists only the tables users read
+    days_schema = f"{table_slice.schema}{DAYS_SCHEMA_SUFFIX}"
+    connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(days_schema)}")
+    stage = TableSlice(table=f"{table_slice.table}__swap", schema=days_schema,
                        partition_dimensions=table_slice.partition_dimensions)
     staged = qualified_name(stage)
     connection.exec_driver_sql(f"CREATE TABLE {staged} (LIKE {table}) PARTITION BY RANGE ({column})")
@@ -362,7 +368,7 @@ def swap_days(connection: sa.Connection, table_slice: TableSlice, rows, declared
         # the day's bounds are rendered as window_predicate renders them: DDL takes no parameters
         bounds = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
         name = f"{table_slice.table}_{start:%Y%m%d}"
-        new = f"{quote_ident(table_slice.schema)}.{quote_ident(name + '__new')}"
+        new = f"{quote_ident(days_schema)}.{quote_ident(name + '__new')}"
         connection.exec_driver_sql(f"CREATE TABLE {new} PARTITION OF {staged} {bounds}")
         days.append((bounds, name, new))
     if isinstance(rows, PostgresRelation):
@@ -371,7 +377,7 @@ def swap_days(connection: sa.Connection, table_slice: TableSlice, rows, declared
         written = write_frame(connection, stage, rows, declared)
     for bounds, name, new in days:
         connection.exec_driver_sql(f"ALTER TABLE {staged} DETACH PARTITION {new}")
-        old = f"{quote_ident(table_slice.schema)}.{quote_ident(name)}"
+        old = f"{quote_ident(days_schema)}.{quote_ident(name)}"
         connection.exec_driver_sql(f"DROP TABLE IF EXISTS {old}")
         connection.exec_driver_sql(f"ALTER TABLE {table} ATTACH PARTITION {new} {bounds}")
         connection.exec_driver_sql(f"ALTER TABLE {new} RENAME TO {quote_ident(name)}")
