@@ -1,4 +1,4 @@
-"""Benchmark: our hand-encoded binary COPY against psycopg 3's, for image_embeddings chunks.
+"""Benchmark: the project's binary COPY (image_embeddings chunks) against psycopg 3's floor.
 
     .venv/bin/python benchmarks/binary_copy.py [--rows 20000] [--dim 512] [--repeats 3]
 
@@ -7,18 +7,16 @@ timestamptz, two float32 vectors of `dim`, integers, a description and missing_s
 loaded into the same UNLOGGED table, emptied before each load, both ways on the same server in
 the same run, alternating:
 
-(a) `copy_frame_binary` (warehouse/frames.py) through psycopg2, the project's driver: the frame
-    encoded column by column into COPY's binary format by hand, one `copy_expert`.
-(b) psycopg 3: `cursor.copy("COPY … FROM STDIN (FORMAT BINARY)")` with `set_types` and
-    `write_row` per row, vectors dumped by pgvector-python's psycopg 3 adapter
-    (`register_vector`); the frame turned into rows of Python values (None for NULL) is timed too,
-    as (a) times its encoding.
+(a) `copy_frame_binary` (warehouse/frames.py): the frame turned into Python values column by
+    column, then psycopg 3's `cursor.copy(… FORMAT binary)` with `set_types` and `write_row`,
+    vectors dumped by pgvector-python's adapter; from the frame to the committed rows.
+(b) the floor: the same COPY fed rows of Python values built before the clock starts (the
+    least psycopg 3 can do with these rows).
 
-Each: from the frame to the committed rows. Reported: median seconds, rows/s, and the ratio.
-Decision rule: psycopg 3's COPY would replace the hand-encoded one only if it is as fast or
-faster. It is (1.03-1.71x the rows/s over five runs of 20,000 rows on a busy 2-core machine),
-but it needs psycopg 3 as the driver (the project's is psycopg2): not taken, this only measures.
-psycopg 3 is not a project dependency: `pip install "psycopg[binary]"` to run this.
+Reported: median seconds, rows/s, and the ratio; both load the same rows (count + md5).
+The hand-encoded COPY over psycopg2 this replaced (59 lines: `BINARY_HEADER`, `_binary_fields`,
+a `struct` per field) was measured by the same script against (b) before it was removed:
+psycopg 3's COPY gave 1.03-1.71x its rows/s over five runs (benchmarks/README.md).
 """
 
 import argparse
@@ -29,18 +27,18 @@ import time
 
 import numpy as np
 import pandas as pd
-import psycopg
 from _common import RESOURCES
-from pgvector.psycopg import register_vector
 
 from mushroom_pipeline.defs.vision.embeddings import EMBEDDINGS_SCHEMA
-from mushroom_pipeline.warehouse.frames import copy_frame_binary
+from mushroom_pipeline.warehouse.frames import (
+    copy_frame_binary,
+    driver_cursor,
+    register_vectors,
+)
 from mushroom_pipeline.warehouse.sql import quote_ident
 from mushroom_pipeline.warehouse.tables import column_types
 
 TABLE = "bench_binary_copy"
-# COPY's binary format needs each column's exact type: psycopg 3's names for ours.
-PSYCOPG_TYPES = {"integer": "int4", "bigint": "int8"}
 
 
 def chunk(rows: int, dim: int) -> pd.DataFrame:
@@ -74,7 +72,7 @@ def chunk(rows: int, dim: int) -> pd.DataFrame:
 
 
 def python_rows(frame: pd.DataFrame) -> list[tuple]:
-    """Rows of Python values, None for NULL, as psycopg 3 dumps them."""
+    """Rows of Python values, None for NULL, as psycopg 3 dumps them: the floor's input."""
     columns = []
     for name in frame.columns:
         column = frame[name]
@@ -101,21 +99,18 @@ def main() -> None:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {TABLE}")
         conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {TABLE} "
                              f"({', '.join(f'{quote_ident(c)} {t}' for c, t in types.items())})")
-    url = warehouse.get_engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
-    pg3 = psycopg.connect(url, autocommit=True)  # transaction() then commits each load
-    register_vector(pg3)
     columns = ", ".join(quote_ident(c) for c in frame.columns)
-    pg3_types = [PSYCOPG_TYPES.get(t, t.split("(")[0]) for t in types.values()]
+    rows = python_rows(frame)
 
     def ours():
         with warehouse.begin() as conn:
             copy_frame_binary(conn, TABLE, frame, types)
 
-    def psycopg3():
-        with (pg3.transaction(), pg3.cursor() as cursor,
-              cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT BINARY)") as copy):
-            copy.set_types(pg3_types)
-            for row in python_rows(frame):
+    def floor():
+        with warehouse.begin() as conn, driver_cursor(register_vectors(conn)).copy(
+                f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([t.split("(")[0] for t in types.values()])
+            for row in rows:
                 copy.write_row(row)
 
     def loaded() -> str:
@@ -125,30 +120,28 @@ def main() -> None:
                 f"SELECT count(*) || ' ' || md5(string_agg(t::text, '' ORDER BY object_key)) FROM {TABLE} t"
             ).scalar()
 
-    times, digests = {ours: [], psycopg3: []}, {}
+    times, digests = {ours: [], floor: []}, {}
     for _ in range(args.repeats):
-        for load in (ours, psycopg3):
+        for load in (ours, floor):
             with warehouse.begin() as conn:
                 conn.exec_driver_sql(f"TRUNCATE {TABLE}")
             began = time.perf_counter()
             load()
             times[load].append(time.perf_counter() - began)
             digests[load] = loaded()
-    pg3.close()
     with warehouse.begin() as conn:
         conn.exec_driver_sql(f"DROP TABLE {TABLE}")
-    assert digests[ours] == digests[psycopg3] and digests[ours].startswith(f"{args.rows} "), digests
+    assert digests[ours] == digests[floor] and digests[ours].startswith(f"{args.rows} "), digests
 
     seconds = {load: statistics.median(t) for load, t in times.items()}
     print(f"{args.rows:,} rows, {len(types)} columns, two vector({args.dim}); median of "
           f"{args.repeats}; same rows loaded both ways (count + md5 of the table)")
     print("\n| binary COPY | seconds | rows/s | each run, s |\n|---|---:|---:|---|")
-    for label, load in (("copy_frame_binary, psycopg2 (hand-encoded)", ours),
-                        ("psycopg 3 copy.write_row + pgvector adapter", psycopg3)):
+    for label, load in (("floor: psycopg 3 write_row, rows built beforehand", floor),
+                        ("copy_frame_binary, from the frame", ours)):
         print(f"| {label} | {seconds[load]:.2f} | {args.rows / seconds[load]:,.0f} | "
               f"{', '.join(f'{t:.2f}' for t in times[load])} |")
-    print(f"| **rows/s ratio, psycopg 3 / copy_frame_binary** | "
-          f"**{seconds[ours] / seconds[psycopg3]:.2f}×** | | |")
+    print(f"| **ratio, copy_frame_binary / floor** | **{seconds[ours] / seconds[floor]:.2f}×** | | |")
     print(f"\ncommand: python {' '.join(sys.argv)}")
 
 

@@ -32,7 +32,7 @@ from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
 from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
 from mushroom_pipeline.settings import load_settings
-from mushroom_pipeline.warehouse.frames import copy_frame
+from mushroom_pipeline.warehouse.frames import copy_frame, driver_cursor
 
 ASSETS = [env_readings, env_daily_stats]
 DAY = dt.date(2025, 6, 1)
@@ -199,14 +199,14 @@ def bare_minimum() -> float:
     window = day_window()
     began = time.perf_counter()
     with RESOURCES["source_database"].begin() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()
-        buffer = io.StringIO()
-        cursor.copy_expert(
+        buffer = io.BytesIO()
+        with driver_cursor(conn).copy(
             "COPY (SELECT room, metric, value, measured_at FROM iot.env_readings "
             f"WHERE measured_at >= '{window['start'].isoformat()}' "
-            f"AND measured_at < '{window['end'].isoformat()}') TO STDOUT WITH (FORMAT csv)",
-            buffer,
-        )
+            f"AND measured_at < '{window['end'].isoformat()}') TO STDOUT WITH (FORMAT csv)"
+        ) as copy:
+            for block in copy:
+                buffer.write(block)
         conn.exec_driver_sql(BASELINE_AGGREGATE, window).all()
     return time.perf_counter() - began
 

@@ -45,9 +45,8 @@ from mushroom_pipeline.images.search import (
     EXACT_SCAN_MAX_ROWS,
     Condition,
     nearest,
-    register_vectors,
 )
-from mushroom_pipeline.warehouse.frames import copy_frame
+from mushroom_pipeline.warehouse.frames import copy_frame, register_vectors
 from mushroom_pipeline.warehouse.io_manager import replace_table_slice
 
 MODEL = "bench/clustered"

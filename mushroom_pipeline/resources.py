@@ -29,9 +29,10 @@ def _engine(url: str, variable: str, timezone: str, timeout_s: int, lock_timeout
     variable to fix, instead of somewhere deep in a run (the old scheduler hung on a Redis
     that was never deployed).
     """
-    # psycopg2 is the driver: its COPY support carries the bulk loads, and SQLAlchemy 2.1 would
-    # otherwise pick psycopg 3 for a bare postgresql:// URL.
-    parsed = sa.make_url(url).set(drivername="postgresql+psycopg2")
+    # psycopg 3 is the warehouse's driver, whatever the URL names (postgresql+psycopg2:// too):
+    # its COPY (binary rows, streamed blocks) carries the bulk loads. Dagster's own storage
+    # keeps psycopg2, which dagster-postgres requires (dagster_storage.py).
+    parsed = sa.make_url(url).set(drivername="postgresql+psycopg")
     engine = sa.create_engine(
         parsed,
         pool_pre_ping=True,

@@ -22,6 +22,7 @@ from mushroom_pipeline.defs.vision.embeddings import image_embeddings
 from mushroom_pipeline.defs.vision.manifest import image_manifest
 from mushroom_pipeline.images import search
 from mushroom_pipeline.images.search import Condition, nearest, parse_condition
+from mushroom_pipeline.warehouse.frames import register_vectors
 from mushroom_pipeline.warehouse.tables import ensure_vector_extension
 
 from .helpers import insert_readings, insert_setpoints, query
@@ -449,7 +450,7 @@ def test_an_unselective_search_walks_the_hnsw_index(noise_floor, warehouse, monk
 
     def plan(statement, parameters, exact):
         with warehouse.begin() as conn:
-            search.register_vectors(conn)
+            register_vectors(conn)
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
             conn.exec_driver_sql("SET LOCAL enable_indexscan = off" if exact
                                  else "SET LOCAL hnsw.iterative_scan = relaxed_order")

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
-from pgvector.psycopg2 import register_vector
 
 from mushroom_pipeline.defs.vision.health import NEAR_DUPLICATE_COSINE
 from mushroom_pipeline.images.context import (
@@ -20,6 +18,7 @@ from mushroom_pipeline.images.context import (
     WINDOW_MINUTES,
 )
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.frames import register_vectors
 from mushroom_pipeline.warehouse.sql import table_exists, warehouse_table
 
 log = logging.getLogger(__name__)
@@ -80,16 +79,6 @@ def parse_condition(text: str) -> tuple[str, str, float]:
     if not math.isfinite(value):
         raise ValueError(f"{text!r}: {match['value']!r} is not a finite number")
     return match["metric"], match["op"], value
-
-
-def register_vectors(connection: sa.Connection) -> sa.Connection:
-    """pgvector's psycopg2 adapter: numpy arrays go in as vectors, vectors come out as
-    `pgvector.Vector`. Registering looks the type's oid up, so once per DBAPI connection (the
-    pool keeps `info` with it); the parameter adapter is global in psycopg2 whatever the scope."""
-    if "pgvector" not in connection.info:
-        register_vector(connection.connection.dbapi_connection)
-        connection.info["pgvector"] = True
-    return connection
 
 
 def nearest(

@@ -1,19 +1,35 @@
-"""Frames in and out of Postgres by COPY: CSV for plain columns, binary for vectors (float4
-bytes, no decimal text), and typed frames back from a query."""
+"""Frames in and out of Postgres by psycopg 3's COPY: CSV for plain columns, binary rows for
+vectors (float4 bytes through pgvector's adapter, no decimal text), and typed frames back from
+a query."""
 
 import csv
 import io
-import struct
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from pgvector import Vector
+from pgvector.psycopg import register_vector
 
 from mushroom_pipeline.warehouse.sql import quote_ident
 
 NULL = r"\N"  # COPY's NULL marker: keeps NULL apart from an empty string in text columns
+
+
+def driver_cursor(connection: sa.Connection):
+    """A cursor of the psycopg connection under `connection`, in its transaction."""
+    return connection.connection.driver_connection.cursor()
+
+
+def register_vectors(connection: sa.Connection) -> sa.Connection:
+    """pgvector's psycopg adapter: numpy arrays go in as vectors, vectors come out as
+    `pgvector.Vector`. Registering looks the type's oid up, so once per DBAPI connection (the
+    pool keeps `info` with it); it changes that connection's adapters only."""
+    if "pgvector" not in connection.info:
+        register_vector(connection.connection.driver_connection)
+        connection.info["pgvector"] = True
+    return connection
 
 
 def _csv_column(series: pd.Series, pg_type: str) -> pd.Series:
@@ -32,23 +48,19 @@ def _csv_column(series: pd.Series, pg_type: str) -> pd.Series:
     return series
 
 
+def _columns(frame: pd.DataFrame) -> str:
+    return ", ".join(quote_ident(c) for c in frame.columns)
+
+
 def copy_frame(connection: sa.Connection, table: str, frame: pd.DataFrame, types: Mapping[str, str]):
     buffer = io.StringIO()
     pd.DataFrame({name: _csv_column(frame[name], types[name]) for name in frame.columns}).to_csv(
         buffer, index=False, header=False, na_rep=NULL, quoting=csv.QUOTE_MINIMAL
     )
-    buffer.seek(0)
-    columns = ", ".join(quote_ident(c) for c in frame.columns)
-    cursor = connection.connection.dbapi_connection.cursor()
-    cursor.copy_expert(
-        f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')", buffer
-    )
-
-
-PG_EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
-BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_FIXED_WIDTH = {"double precision": ">f8", "real": ">f4", "bigint": ">i8", "integer": ">i4",
-                "smallint": ">i2", "boolean": "?"}
+    with driver_cursor(connection).copy(
+        f"COPY {table} ({_columns(frame)}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')"
+    ) as copy:
+        copy.write(buffer.getvalue())
 
 
 def _missing(value) -> bool:
@@ -56,50 +68,31 @@ def _missing(value) -> bool:
     return value is None or (np.ndim(value) == 0 and pd.isna(value))
 
 
-def _binary_fields(series: pd.Series, pg_type: str) -> list[bytes | None]:
-    """One column in COPY's binary format, field by field (None: NULL)."""
+def _binary_values(series: pd.Series, pg_type: str) -> list:
+    """One column as Python values for psycopg's binary dumpers, None for NULL (NaN included)."""
     if pg_type.startswith("vector"):
-        return [
-            None if _missing(v) else struct.pack(">HH", len(v), 0) + np.asarray(v, ">f4").tobytes()
-            for v in series
-        ]
-    if pg_type == "text":
-        return [None if _missing(v) else str(v).encode() for v in series]
+        return [None if _missing(v) else np.asarray(v, dtype=np.float32) for v in series]
     if pg_type.startswith("timestamp"):
-        values = pd.to_datetime(series, utc=True)
-        micros = ((values - PG_EPOCH) // pd.Timedelta(microseconds=1)).astype("Int64")
-        return [None if m is pd.NA else struct.pack(">q", m) for m in micros]
-    if pg_type == "date":
-        days = pd.to_datetime(series).dt.normalize()
-        offsets = ((days - PG_EPOCH.tz_localize(None)) // pd.Timedelta(days=1)).astype("Int64")
-        return [None if d is pd.NA else struct.pack(">i", d) for d in offsets]
-    if pg_type in _FIXED_WIDTH:
-        nulls = series.isna().to_numpy()  # NaN goes in as NULL on this path
-        kind = {"boolean": "bool", "double precision": "float64", "real": "float64"}.get(pg_type, "int64")
-        filled = series.astype(object).where(~nulls, 0).astype(kind)
-        # Sliced from the array's bytes: numpy scalars would give them in native byte order.
-        packed = filled.to_numpy().astype(_FIXED_WIDTH[pg_type]).tobytes()
-        width = np.dtype(_FIXED_WIDTH[pg_type]).itemsize
-        return [None if null else packed[i * width:(i + 1) * width] for i, null in enumerate(nulls)]
-    raise ValueError(f"no binary COPY encoding for column {series.name!r} of type {pg_type}")
+        series = pd.to_datetime(series, utc=True)
+    elif pg_type == "date":
+        series = pd.to_datetime(series).dt.date
+    elif pg_type == "text":
+        series = series.map(str, na_action="ignore")
+    return series.astype(object).where(series.notna(), None).tolist()
 
 
 def copy_frame_binary(connection: sa.Connection, table: str, frame: pd.DataFrame,
                       types: Mapping[str, str]):
-    """COPY in binary: vectors travel as float4 bytes, not as decimal text to parse."""
-    buffer = io.BytesIO()
-    buffer.write(BINARY_HEADER)
-    row_head = struct.pack(">h", frame.shape[1])
-    for fields in zip(*(_binary_fields(frame[c], types[c]) for c in frame.columns)):
-        buffer.write(row_head)
-        for field in fields:
-            buffer.write(b"\xff\xff\xff\xff" if field is None else struct.pack(">i", len(field)) + field)
-    buffer.write(struct.pack(">h", -1))
-    buffer.seek(0)
-    columns = ", ".join(quote_ident(c) for c in frame.columns)
-    connection.connection.dbapi_connection.cursor().copy_expert(
-        f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT binary)", buffer
-    )
+    """COPY in binary, row by row through psycopg's dumpers: vectors travel as float4 bytes,
+    not as decimal text to parse."""
+    register_vectors(connection)
+    pg_types = [types[c].split("(")[0] for c in frame.columns]  # vector(512) → vector
+    with driver_cursor(connection).copy(
+        f"COPY {table} ({_columns(frame)}) FROM STDIN WITH (FORMAT binary)"
+    ) as copy:
+        copy.set_types(pg_types)
+        for row in zip(*(_binary_values(frame[c], types[c]) for c in frame.columns)):
+            copy.write_row(row)
 
 
 INTEGER_TYPES = ("bigint", "integer", "smallint")
@@ -116,18 +109,18 @@ def read_frame(connection: sa.Connection, query: str, types: Mapping[str, str]) 
             )
         elif pg_type.startswith("vector"):
             # pgvector's binary form (float4 bytes) as hex, decoded by pgvector-python: exact, no
-            # decimal text to parse, and in the one CSV COPY (binary COPY out would need a
-            # decoder for every other type too: psycopg2 has none).
+            # decimal text to parse, and in the one CSV COPY that pandas' C parser reads (a
+            # binary COPY out would decode row by row in Python).
             selects.append(f"encode(vector_send({quote_ident(name)}), 'hex') AS {quote_ident(name)}")
         else:
             selects.append(quote_ident(name))
-    buffer = io.StringIO()
-    cursor = connection.connection.dbapi_connection.cursor()
-    cursor.copy_expert(
+    buffer = io.BytesIO()
+    with driver_cursor(connection).copy(
         f"COPY (SELECT {', '.join(selects)} FROM ({query}) q) TO STDOUT "
-        f"WITH (FORMAT csv, HEADER, NULL '{NULL}')",
-        buffer,
-    )
+        f"WITH (FORMAT csv, HEADER, NULL '{NULL}')"
+    ) as copy:
+        for block in copy:
+            buffer.write(block)
     buffer.seek(0)
     floats = {n for n, t in types.items() if t in ("double precision", "real")}
     frame = pd.read_csv(

@@ -1,14 +1,13 @@
 """Staging tables in mushroom_staging, held while a step uses them; a source table staged from
 another database by streaming COPY."""
 
-import os
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.warehouse.frames import driver_cursor
 from mushroom_pipeline.warehouse.sql import quote_ident
 
 STAGING_SCHEMA = "mushroom_staging"
@@ -95,28 +94,10 @@ def source_table(
 
 
 def _stream_copy(source: PostgresResource, copy_out: str, target: sa.Connection, copy_in: str) -> None:
-    """Pipes one server's COPY … TO STDOUT into another's COPY … FROM STDIN through an OS pipe:
-    memory stays at the pipe's buffer whatever the size of the window."""
-    read_fd, write_fd = os.pipe()
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            with os.fdopen(write_fd, "wb") as sink, source.begin() as conn:
-                conn.connection.dbapi_connection.cursor().copy_expert(copy_out, sink)
-        except BaseException as err:  # re-raised by the consumer, which sees a truncated stream
-            failure.append(err)
-
-    producer = threading.Thread(target=produce, name="source-copy", daemon=True)
-    producer.start()
-    try:
-        with os.fdopen(read_fd, "rb") as stream:
-            target.connection.dbapi_connection.cursor().copy_expert(copy_in, stream)
-    except Exception:
-        producer.join()
-        if failure:
-            raise failure[0] from None
-        raise
-    producer.join()
-    if failure:
-        raise failure[0]
+    """One server's COPY … TO STDOUT written block by block into another's COPY … FROM STDIN:
+    memory stays at one block whatever the size of the window. A failed read aborts the write
+    (the COPY in is ended with the error), and the exception is raised."""
+    with source.begin() as conn, driver_cursor(conn).copy(copy_out) as rows_out, \
+            driver_cursor(target).copy(copy_in) as rows_in:
+        for block in rows_out:
+            rows_in.write(block)

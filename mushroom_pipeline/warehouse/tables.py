@@ -39,7 +39,7 @@ def lock_table(connection: sa.Connection, table: str) -> None:
         with connection.begin_nested():
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
     except sa.exc.DBAPIError as err:
-        if getattr(err.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+        if getattr(err.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
         waited = connection.exec_driver_sql("SHOW lock_timeout").scalar()
         message = (f"Waited {waited} for the write lock of {table}: another run (a backfill?) "

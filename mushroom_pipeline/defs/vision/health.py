@@ -3,7 +3,7 @@ frames repeat the one before (a frozen camera), how far the day's mean vector mo
 before's (a moved or blocked camera) — and a check that names frozen and moved cameras.
 
 Read from mushroom.image_embeddings: the rows of the model the `clip_encoder` resource is
-configured with (the model is only named, never loaded), vectors through pgvector's psycopg2
+configured with (the model is only named, never loaded), vectors through pgvector's psycopg
 adapter, one day at a time (memory holds one day's vectors). The pixels, for the luminance, are
 fetched again from the object store and decoded small (a JPEG at reduced scale).
 
@@ -36,9 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import numpy as np
-from PIL import Image
 import pandas as pd
-from pgvector.psycopg2 import register_vector
+from PIL import Image
 
 from mushroom_pipeline.defs.vision import OWNERS, TAGS
 from mushroom_pipeline.defs.vision.embeddings import EMBEDDINGS_TABLE, image_embeddings
@@ -49,6 +48,7 @@ from mushroom_pipeline.objectstore import ObjectMissingError, ObjectStore
 from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import TRANSIENT_RETRY
+from mushroom_pipeline.warehouse.frames import register_vectors
 from mushroom_pipeline.warehouse.sql import table_exists
 from mushroom_pipeline.warehouse.tables import column_schema, markdown_preview
 
@@ -106,11 +106,7 @@ def day_embeddings(warehouse: PostgresResource, day: dt.date, model: str) -> pd.
         if not table_exists(conn, EMBEDDINGS_TABLE):
             rows = []
         else:
-            # The adapter on this cursor only: the pooled connection is left as it was.
-            cursor = conn.connection.dbapi_connection.cursor()
-            register_vector(cursor)
-            cursor.execute(DAY_SQL, (day, model))
-            rows = cursor.fetchall()
+            rows = register_vectors(conn).exec_driver_sql(DAY_SQL, (day, model)).all()
     frame = pd.DataFrame(rows, columns=["room", "object_key", "captured_at", "gone", "embedding"])
     frame["embedding"] = [np.asarray(v.to_numpy(), dtype=np.float64) for v in frame["embedding"]]
     return frame
