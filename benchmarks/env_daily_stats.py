@@ -26,7 +26,14 @@ import time
 
 import numpy as np
 import pandas as pd
-from _common import RESOURCES, median_seconds, reset_source, timed_run
+from _common import (
+    RESOURCES,
+    assert_same_tables,
+    median_seconds,
+    print_statement_seconds,
+    reset_source,
+    timed_run,
+)
 
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
@@ -97,10 +104,7 @@ SELECT agg.day, agg.room, agg.metric, n, mean, min, max, std, p[1] AS p05, p[2] 
        coalesce(n_invalid, 0) AS n_invalid, duplicate_rows, first_at, last_at, source_metrics
 FROM agg LEFT JOIN invalid USING (day, room, metric) LEFT JOIN names USING (day, room, metric);
 """
-# Each table's rows as an order-free fingerprint: equal fingerprints, equal output. Floats are
-# compared to 9 significant digits: a mean summed in another row order differs in its last bit.
-FINGERPRINT = "SELECT count(*), sum(hashtext(t::text)::numeric) FROM (SELECT {columns} FROM {table}) t"
-FLOAT = "round(({0})::numeric, 9 - ceil(log(greatest(abs(({0})::numeric), 1e-9)))::int)"
+# The tables both write, compared row for row: (exact columns, float columns).
 COMPARED = {
     "env_readings": ("room, metric, measured_at, source_rows, source_metrics", ["value"]),
     "env_readings_quarantine": ("room, metric, source_metric, measured_at, reason", ["value"]),
@@ -127,45 +131,6 @@ def same_output_floor() -> float:
             "highs": list(names["high"]),
         })
     return time.perf_counter() - began
-
-
-def assert_same_output() -> None:
-    """The floor's tables hold exactly the pipeline's rows (the pipeline's last run)."""
-    with RESOURCES["warehouse"].begin() as conn:
-        for table, (exact, floats) in COMPARED.items():
-            columns = ", ".join([exact, *(FLOAT.format(f"nullif({c}, 'NaN')") for c in floats)])
-            pipeline, floor = (conn.exec_driver_sql(FINGERPRINT.format(
-                columns=columns, table=f"{schema}.{table}")).one()
-                for schema in ("mushroom", "floor"))
-            assert pipeline == floor, f"{table}: pipeline {pipeline} ≠ floor {floor}"
-
-
-def print_statement_seconds(key: str) -> None:
-    """One first run and one re-run with the seconds of each SQL statement (SQLAlchemy cursor
-    events; COPY through the raw cursor is not among them), the largest first."""
-    import collections
-    import re
-
-    import sqlalchemy as sa
-
-    seconds: dict[str, float] = collections.defaultdict(float)
-
-    @sa.event.listens_for(sa.Engine, "before_cursor_execute")
-    def started(conn, cursor, statement, parameters, context, executemany):
-        conn.info["statement_began"] = time.perf_counter()
-
-    @sa.event.listens_for(sa.Engine, "after_cursor_execute")
-    def finished(conn, cursor, statement, parameters, context, executemany):
-        seconds[re.sub(r"\s+", " ", statement)[:100]] += time.perf_counter() - conn.info.pop("statement_began")
-
-    for label, fresh in (("first run", True), ("re-run", False)):
-        seconds.clear()
-        total = timed_run(ASSETS, fresh, partition_key=key)
-        print(f"\n## Statements of one {label}: {total:.2f} s in all")
-        for statement, spent in sorted(seconds.items(), key=lambda item: -item[1])[:6]:
-            print(f"{spent:7.2f} s  {statement}")
-    sa.event.remove(sa.Engine, "before_cursor_execute", started)
-    sa.event.remove(sa.Engine, "after_cursor_execute", finished)
 
 
 def readings(days: list[dt.date], rooms: int, cadence_s: int) -> pd.DataFrame:
@@ -230,7 +195,7 @@ def main() -> None:
     fresh = median_seconds(lambda: timed_run(ASSETS, True, partition_key=key), args.repeats)
     again = median_seconds(lambda: timed_run(ASSETS, partition_key=key), args.repeats)
     floor = median_seconds(same_output_floor, args.repeats)
-    assert_same_output()
+    assert_same_tables(COMPARED)
     bare = median_seconds(bare_minimum, args.repeats)
     print(f"## One day: {rows:,} source rows ({args.rooms} rooms × 3 metrics, {args.cadence_s} s cadence)")
     print("| path | seconds | rows/s |")
@@ -243,7 +208,7 @@ def main() -> None:
     print(f"| former bare minimum (COPY out + one aggregate, nothing persisted) | {bare:.2f} | "
           f"{rows / bare:,.0f} |")
     if args.statements:
-        print_statement_seconds(key)
+        print_statement_seconds(ASSETS, key)
 
     first = DAY - dt.timedelta(days=args.backfill_days - 1)
     days = [first + dt.timedelta(days=i) for i in range(args.backfill_days)]
