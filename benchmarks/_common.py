@@ -2,13 +2,14 @@
 
 import atexit
 import collections
+import datetime as dt
 import os
 import re
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 os.environ["MUSHROOM_HOME"] = tempfile.mkdtemp(prefix="mushroom-bench-")
 os.environ.setdefault("MUSHROOM_START_DATE", "2024-01-01")
@@ -17,11 +18,15 @@ for variable in ("MUSHROOM_DATABASE_URL", "MUSHROOM_SOURCE_DATABASE_URL", "MUSHR
     os.environ.pop(variable, None)
 
 import dagster as dg  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from mushroom_pipeline import embedded  # noqa: E402
 from mushroom_pipeline.definitions import database_resources  # noqa: E402
+from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL  # noqa: E402
 from mushroom_pipeline.settings import load_settings  # noqa: E402
+from mushroom_pipeline.warehouse.frames import copy_frame  # noqa: E402
 
 RESOURCES = database_resources()
 
@@ -54,6 +59,46 @@ def reset_source(ddl: str) -> None:
     with RESOURCES["source_database"].begin() as conn:
         conn.exec_driver_sql("DROP SCHEMA IF EXISTS iot CASCADE; DROP SCHEMA IF EXISTS mushroom CASCADE")
         conn.exec_driver_sql(ddl)
+
+
+ENV_METRICS = {"temperature_c": 16.0, "humidity_pct": 90.0, "co2_ppm": 1000.0}
+
+
+def readings(days: Sequence[dt.date], rooms: int, cadence_s: int, seed: int = 1) -> pd.DataFrame:
+    """iot.env_readings rows of `days`: `rooms` × 3 metrics every `cadence_s` seconds."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for day in days:
+        start = pd.Timestamp(day, tz="UTC")
+        times = pd.date_range(start, start + pd.Timedelta(days=1), freq=f"{cadence_s}s", inclusive="left")
+        for room in range(rooms):
+            for metric, mean in ENV_METRICS.items():
+                frames.append(pd.DataFrame({
+                    "room": f"room {room:03d}", "metric": metric,
+                    "value": mean + rng.normal(0, 1, len(times)), "measured_at": times,
+                }))
+    frame = pd.concat(frames, ignore_index=True)
+    # As a farm's feed has them: 0.1 % without a value, 0.1 % out of range, 0.5 % rows sent
+    # twice. (The NaN of this float column goes in as NULL: copy_frame writes a float column's
+    # NaN as COPY's NULL, so these rows are null_value, not nan_value.)
+    spoiled = rng.random(len(frame))
+    frame.loc[spoiled < 0.001, "value"] = np.nan
+    frame.loc[(spoiled >= 0.001) & (spoiled < 0.002), "value"] = 1e6
+    return pd.concat([frame, frame.sample(frac=0.005, random_state=seed)], ignore_index=True)
+
+
+def load_readings(frames: Iterable[pd.DataFrame]) -> int:
+    """iot.env_readings emptied, then filled with `frames`, one COPY each: a generator of day
+    frames keeps one day in memory at a time. Returns the rows loaded."""
+    reset_source(SOURCE_DDL)
+    rows = 0
+    for frame in frames:
+        with RESOURCES["source_database"].begin() as conn:
+            copy_frame(conn, "iot.env_readings", frame, ENV_TYPES)
+        rows += len(frame)
+    with RESOURCES["source_database"].begin() as conn:
+        conn.exec_driver_sql("ANALYZE iot.env_readings")
+    return rows
 
 
 # Each table's rows as an order-free fingerprint: equal fingerprints, equal output. Floats are

@@ -24,26 +24,22 @@ import os
 import sys
 import time
 
-import numpy as np
-import pandas as pd
 from _common import (
     RESOURCES,
     assert_same_tables,
+    load_readings,
     median_seconds,
     print_statement_seconds,
-    reset_source,
+    readings,
     timed_run,
 )
 
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
-from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
 from mushroom_pipeline.settings import load_settings
-from mushroom_pipeline.warehouse.frames import copy_frame
 
 ASSETS = [env_readings, env_daily_stats]
 DAY = dt.date(2025, 6, 1)
-METRICS = {"temperature_c": 16.0, "humidity_pct": 90.0, "co2_ppm": 1000.0}
 BASELINE_AGGREGATE = """
 SELECT room, metric, count(*), avg(value), min(value), max(value), stddev_samp(value),
        percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]) WITHIN GROUP (ORDER BY value)
@@ -133,33 +129,6 @@ def same_output_floor() -> float:
     return time.perf_counter() - began
 
 
-def readings(days: list[dt.date], rooms: int, cadence_s: int) -> pd.DataFrame:
-    rng = np.random.default_rng(1)
-    frames = []
-    for day in days:
-        start = pd.Timestamp(day, tz="UTC")
-        times = pd.date_range(start, start + pd.Timedelta(days=1), freq=f"{cadence_s}s", inclusive="left")
-        for room in range(rooms):
-            for metric, mean in METRICS.items():
-                frames.append(pd.DataFrame({
-                    "room": f"room {room:03d}", "metric": metric,
-                    "value": mean + rng.normal(0, 1, len(times)), "measured_at": times,
-                }))
-    frame = pd.concat(frames, ignore_index=True)
-    # As a farm's feed has them: 0.1 % NaN, 0.1 % out of range, 0.5 % rows sent twice.
-    spoiled = rng.random(len(frame))
-    frame.loc[spoiled < 0.001, "value"] = np.nan
-    frame.loc[(spoiled >= 0.001) & (spoiled < 0.002), "value"] = 1e6
-    return pd.concat([frame, frame.sample(frac=0.005, random_state=1)], ignore_index=True)
-
-
-def load(frame: pd.DataFrame) -> None:
-    reset_source(SOURCE_DDL)
-    with RESOURCES["source_database"].begin() as conn:
-        copy_frame(conn, "iot.env_readings", frame, ENV_TYPES)
-        conn.exec_driver_sql("ANALYZE iot.env_readings")
-
-
 def bare_minimum() -> float:
     window = day_window()
     began = time.perf_counter()
@@ -188,7 +157,7 @@ def main() -> None:
     settings = load_settings()
 
     day = readings([DAY], args.rooms, args.cadence_s)
-    load(day)
+    load_readings([day])
     rows = len(day)
     key = DAY.isoformat()
     timed_run(ASSETS, partition_key=key)  # warm-up: imports, caches
@@ -213,7 +182,7 @@ def main() -> None:
     first = DAY - dt.timedelta(days=args.backfill_days - 1)
     days = [first + dt.timedelta(days=i) for i in range(args.backfill_days)]
     small = readings(days, rooms=2, cadence_s=3600)
-    load(small)
+    load_readings([small])
     one_run = timed_run(ASSETS, tags={
         "dagster/asset_partition_range_start": days[0].isoformat(),
         "dagster/asset_partition_range_end": days[-1].isoformat(),
