@@ -31,6 +31,7 @@ ui: install
 
 benchmark: install
 	$(BIN)/python benchmarks/env_daily_stats.py
+	$(BIN)/python benchmarks/backfill_year.py
 	$(BIN)/python benchmarks/setpoint_change_events.py
 	$(BIN)/python benchmarks/hourly_setpoints.py
 	$(BIN)/python benchmarks/clip_embeddings.py

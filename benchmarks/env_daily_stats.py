@@ -24,19 +24,24 @@ import os
 import sys
 import time
 
-import numpy as np
-import pandas as pd
-from _common import RESOURCES, median_seconds, reset_source, timed_run
+from _common import (
+    RESOURCES,
+    execute_script,
+    assert_same_tables,
+    load_readings,
+    median_seconds,
+    print_statement_seconds,
+    readings,
+    timed_run,
+)
 
 from mushroom_pipeline.catalog.resource import FarmCatalogResource
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
-from mushroom_pipeline.demo.farm import ENV_TYPES, SOURCE_DDL
 from mushroom_pipeline.settings import load_settings
-from mushroom_pipeline.warehouse.frames import copy_frame, driver_cursor
+from mushroom_pipeline.warehouse.frames import driver_cursor
 
 ASSETS = [env_readings, env_daily_stats]
 DAY = dt.date(2025, 6, 1)
-METRICS = {"temperature_c": 16.0, "humidity_pct": 90.0, "co2_ppm": 1000.0}
 BASELINE_AGGREGATE = """
 SELECT room, metric, count(*), avg(value), min(value), max(value), stddev_samp(value),
        percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]) WITHIN GROUP (ORDER BY value)
@@ -97,10 +102,7 @@ SELECT agg.day, agg.room, agg.metric, n, mean, min, max, std, p[1] AS p05, p[2] 
        coalesce(n_invalid, 0) AS n_invalid, duplicate_rows, first_at, last_at, source_metrics
 FROM agg LEFT JOIN invalid USING (day, room, metric) LEFT JOIN names USING (day, room, metric);
 """
-# Each table's rows as an order-free fingerprint: equal fingerprints, equal output. Floats are
-# compared to 9 significant digits: a mean summed in another row order differs in its last bit.
-FINGERPRINT = "SELECT count(*), sum(hashtext(t::text)::numeric) FROM (SELECT {columns} FROM {table}) t"
-FLOAT = "round(({0})::numeric, 9 - ceil(log(greatest(abs(({0})::numeric), 1e-9)))::int)"
+# The tables both write, compared row for row: (exact columns, float columns).
 COMPARED = {
     "env_readings": ("room, metric, measured_at, source_rows, source_metrics", ["value"]),
     "env_readings_quarantine": ("room, metric, source_metric, measured_at, reason", ["value"]),
@@ -121,78 +123,12 @@ def same_output_floor() -> float:
         conn.exec_driver_sql("DROP SCHEMA IF EXISTS floor CASCADE; CREATE SCHEMA floor")
     began = time.perf_counter()
     with RESOURCES["warehouse"].begin() as conn:
-        conn.exec_driver_sql(FLOOR_SQL, {
+        execute_script(conn, FLOOR_SQL, {
             **day_window(), "source_names": list(names["source_name"]),
             "metrics": list(names["metric"]), "lows": list(names["low"]),
             "highs": list(names["high"]),
         })
     return time.perf_counter() - began
-
-
-def assert_same_output() -> None:
-    """The floor's tables hold exactly the pipeline's rows (the pipeline's last run)."""
-    with RESOURCES["warehouse"].begin() as conn:
-        for table, (exact, floats) in COMPARED.items():
-            columns = ", ".join([exact, *(FLOAT.format(f"nullif({c}, 'NaN')") for c in floats)])
-            pipeline, floor = (conn.exec_driver_sql(FINGERPRINT.format(
-                columns=columns, table=f"{schema}.{table}")).one()
-                for schema in ("mushroom", "floor"))
-            assert pipeline == floor, f"{table}: pipeline {pipeline} ≠ floor {floor}"
-
-
-def print_statement_seconds(key: str) -> None:
-    """One first run and one re-run with the seconds of each SQL statement (SQLAlchemy cursor
-    events; COPY through the raw cursor is not among them), the largest first."""
-    import collections
-    import re
-
-    import sqlalchemy as sa
-
-    seconds: dict[str, float] = collections.defaultdict(float)
-
-    @sa.event.listens_for(sa.Engine, "before_cursor_execute")
-    def started(conn, cursor, statement, parameters, context, executemany):
-        conn.info["statement_began"] = time.perf_counter()
-
-    @sa.event.listens_for(sa.Engine, "after_cursor_execute")
-    def finished(conn, cursor, statement, parameters, context, executemany):
-        seconds[re.sub(r"\s+", " ", statement)[:100]] += time.perf_counter() - conn.info.pop("statement_began")
-
-    for label, fresh in (("first run", True), ("re-run", False)):
-        seconds.clear()
-        total = timed_run(ASSETS, fresh, partition_key=key)
-        print(f"\n## Statements of one {label}: {total:.2f} s in all")
-        for statement, spent in sorted(seconds.items(), key=lambda item: -item[1])[:6]:
-            print(f"{spent:7.2f} s  {statement}")
-    sa.event.remove(sa.Engine, "before_cursor_execute", started)
-    sa.event.remove(sa.Engine, "after_cursor_execute", finished)
-
-
-def readings(days: list[dt.date], rooms: int, cadence_s: int) -> pd.DataFrame:
-    rng = np.random.default_rng(1)
-    frames = []
-    for day in days:
-        start = pd.Timestamp(day, tz="UTC")
-        times = pd.date_range(start, start + pd.Timedelta(days=1), freq=f"{cadence_s}s", inclusive="left")
-        for room in range(rooms):
-            for metric, mean in METRICS.items():
-                frames.append(pd.DataFrame({
-                    "room": f"room {room:03d}", "metric": metric,
-                    "value": mean + rng.normal(0, 1, len(times)), "measured_at": times,
-                }))
-    frame = pd.concat(frames, ignore_index=True)
-    # As a farm's feed has them: 0.1 % NaN, 0.1 % out of range, 0.5 % rows sent twice.
-    spoiled = rng.random(len(frame))
-    frame.loc[spoiled < 0.001, "value"] = np.nan
-    frame.loc[(spoiled >= 0.001) & (spoiled < 0.002), "value"] = 1e6
-    return pd.concat([frame, frame.sample(frac=0.005, random_state=1)], ignore_index=True)
-
-
-def load(frame: pd.DataFrame) -> None:
-    reset_source(SOURCE_DDL)
-    with RESOURCES["source_database"].begin() as conn:
-        copy_frame(conn, "iot.env_readings", frame, ENV_TYPES)
-        conn.exec_driver_sql("ANALYZE iot.env_readings")
 
 
 def bare_minimum() -> float:
@@ -223,14 +159,14 @@ def main() -> None:
     settings = load_settings()
 
     day = readings([DAY], args.rooms, args.cadence_s)
-    load(day)
+    load_readings([day])
     rows = len(day)
     key = DAY.isoformat()
     timed_run(ASSETS, partition_key=key)  # warm-up: imports, caches
     fresh = median_seconds(lambda: timed_run(ASSETS, True, partition_key=key), args.repeats)
     again = median_seconds(lambda: timed_run(ASSETS, partition_key=key), args.repeats)
     floor = median_seconds(same_output_floor, args.repeats)
-    assert_same_output()
+    assert_same_tables(COMPARED)
     bare = median_seconds(bare_minimum, args.repeats)
     print(f"## One day: {rows:,} source rows ({args.rooms} rooms × 3 metrics, {args.cadence_s} s cadence)")
     print("| path | seconds | rows/s |")
@@ -243,12 +179,12 @@ def main() -> None:
     print(f"| former bare minimum (COPY out + one aggregate, nothing persisted) | {bare:.2f} | "
           f"{rows / bare:,.0f} |")
     if args.statements:
-        print_statement_seconds(key)
+        print_statement_seconds(ASSETS, key)
 
     first = DAY - dt.timedelta(days=args.backfill_days - 1)
     days = [first + dt.timedelta(days=i) for i in range(args.backfill_days)]
     small = readings(days, rooms=2, cadence_s=3600)
-    load(small)
+    load_readings([small])
     one_run = timed_run(ASSETS, tags={
         "dagster/asset_partition_range_start": days[0].isoformat(),
         "dagster/asset_partition_range_end": days[-1].isoformat(),
