@@ -26,8 +26,8 @@ import time
 
 from _common import (
     RESOURCES,
-    execute_script,
     assert_same_tables,
+    execute_script,
     load_readings,
     median_seconds,
     print_statement_seconds,

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from _common import (
     RESOURCES,
-    execute_script,
     assert_same_tables,
+    execute_script,
     median_seconds,
     print_statement_seconds,
     reset_source,

@@ -6,8 +6,9 @@ import dagster as dg
 
 from mushroom_pipeline.definitions import database_resources, defs
 from mushroom_pipeline.defs.environment.assets import env_daily_stats, env_readings
+from mushroom_pipeline.defs.setpoints.assets import setpoint_snapshots
 
-from .helpers import insert_readings, range_tags
+from .helpers import insert_readings, insert_setpoints, query, range_tags
 
 # table → the asset whose step writes it
 SIDE_TABLES = {
@@ -59,6 +60,20 @@ def test_the_writing_run_reports_each_side_table_partition_with_its_row_count(wa
     counts = {r.partition_key: r.asset_materialization.metadata["dagster/row_count"].value
               for r in records}
     assert counts == {"2026-02-01": 2, "2026-02-02": 0}
+
+
+def test_the_big_daily_tables_are_partitioned_by_day_in_postgres(warehouse):
+    """env_readings and setpoint_snapshots (over a million rows a day each) are Postgres tables
+    partitioned by farm day, so a re-run swaps a day instead of deleting its rows."""
+    insert_readings(warehouse, [("607", "temperature", 16.5, "2026-02-01 08:00")])
+    insert_setpoints(warehouse, [("607", "air_cooler", "temp_set", 16.0, "2026-02-01 08:00")])
+    assert dg.materialize([env_readings, setpoint_snapshots], resources=database_resources(),
+                          partition_key="2026-02-01").success
+    kinds = query(warehouse, "SELECT relname, relkind FROM pg_class WHERE oid IN "
+                  "('mushroom.env_readings'::regclass, 'mushroom.setpoint_snapshots'::regclass)")
+    assert dict(zip(kinds["relname"], kinds["relkind"])) == {
+        "env_readings": "p", "setpoint_snapshots": "p"}
+    assert query(warehouse, "SELECT count(*) AS n FROM mushroom.setpoint_snapshots")["n"][0] == 1
 
 
 READS_AT_IMPORT_AND_AT_LOAD = r"""

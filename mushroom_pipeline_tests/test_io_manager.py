@@ -371,6 +371,50 @@ def test_a_table_partitioned_by_day_swaps_each_days_partition(warehouse):
                  "'%%\\_\\_%%'")["n"][0] == 0  # no staging or __new table left
 
 
+@dg.asset(
+    partitions_def=dst_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"partition_expr": "day", "mushroom/partitioned_by_day": True,
+              "dagster/column_schema": dg.TableSchema(columns=[
+                  dg.TableColumn("day", "date"), dg.TableColumn("value", "double precision")])},
+    config_schema={"version": float},
+    name="daily_dated",
+)
+def daily_dated(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    window = context.partition_time_window
+    days = pd.date_range(window.start, window.end, freq="D", inclusive="left").date
+    version = context.op_execution_context.op_config["version"]
+    return pd.DataFrame({"day": np.repeat(days, 2), "value": version})
+
+
+def test_a_date_column_is_partitioned_by_the_farm_days_dates(warehouse):
+    """A DATE partition column (setpoint_snapshots' `day`) gets date bounds, one farm day each
+    (the window's local midnights, which Postgres reads as their dates),
+    across the 23-hour DST day; a re-run swaps its day only."""
+    from .helpers import query
+
+    database = PostgresResource(home=str(TEST_HOME), timezone=AMSTERDAM)
+    io_managers = {"io_manager": PostgresPandasIOManager(database=database)}
+
+    def run(version, **partition):
+        return dg.materialize([daily_dated], resources=io_managers, run_config={
+            "ops": {"daily_dated": {"config": {"version": version}}}}, **partition)
+
+    assert run(1.0, tags=range_tags("2026-03-28", "2026-03-30")).success
+    assert run(2.0, partition_key="2026-03-29").success
+    partitions = query(database, """
+        SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bounds
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'mushroom.daily_dated'::regclass ORDER BY 1""")
+    assert list(partitions["bounds"]) == [
+        "FOR VALUES FROM ('2026-03-28') TO ('2026-03-29')",
+        "FOR VALUES FROM ('2026-03-29') TO ('2026-03-30')",
+        "FOR VALUES FROM ('2026-03-30') TO ('2026-03-31')"]
+    stored = query(database, "SELECT day::text AS day, value FROM mushroom.daily_dated ORDER BY 1, 2")
+    assert stored.groupby("day")["value"].agg(list).to_dict() == {
+        "2026-03-28": [1.0, 1.0], "2026-03-29": [2.0, 2.0], "2026-03-30": [1.0, 1.0]}
+
+
 def test_a_table_made_unpartitioned_by_an_earlier_version_keeps_its_rows_and_the_delete(warehouse):
     from .helpers import query
 

@@ -48,7 +48,7 @@ from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import POSTGRES_HEAVY_POOL, TRANSIENT_RETRY
 from mushroom_pipeline.warehouse.frames import read_frame
-from mushroom_pipeline.warehouse.io_manager import replace_table_slice
+from mushroom_pipeline.warehouse.io_manager import BY_DAY_METADATA, replace_table_slice
 from mushroom_pipeline.warehouse.source import (
     SourceLedger,
     SourceWindowConfig,
@@ -119,7 +119,8 @@ SETPOINTS_LEDGER = SourceLedger(
     partitions_def=daily_partitions,
     retry_policy=TRANSIENT_RETRY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    metadata={"partition_expr": "day", "dagster/column_schema": SNAPSHOTS_SCHEMA},
+    metadata={"partition_expr": "day", "dagster/column_schema": SNAPSHOTS_SCHEMA,
+              BY_DAY_METADATA: True},
     deps=[IOT_DEVICE_SETPOINTS],
     group_name="setpoints",
     owners=OWNERS,
