@@ -55,10 +55,11 @@ def staging_table(database: PostgresResource, name: str) -> Iterator[str]:
         try:
             with database.begin() as conn:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-            keeper.exec_driver_sql("SELECT pg_advisory_unlock(hashtext(%s))", (_keeper_lock(table),))
-            keeper.commit()
         finally:
-            keeper.invalidate()  # never back to the pool: no lock can outlive the step
+            # Closing the keeper's session releases its lock: never back to the pool, no lock
+            # outlives the step. No unlock is sent, so this holds too when the keeper's
+            # connection is already gone (a failed step's generator closed late, by the GC).
+            keeper.invalidate()
             keeper.close()
 
 
