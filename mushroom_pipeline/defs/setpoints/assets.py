@@ -37,7 +37,7 @@ from mushroom_pipeline.defs.setpoints.snapshots import (
     KEY,
     SOURCE_COLUMNS,
     SOURCE_TABLE,
-    quarantine_relation,
+    fold_and_quarantine,
     snapshots_relation,
     staged_baselines,
     window_points,
@@ -56,6 +56,7 @@ from mushroom_pipeline.warehouse.source import (
     time_slice,
 )
 from mushroom_pipeline.warehouse.sql import PostgresRelation
+from mushroom_pipeline.warehouse.staging import staging_table
 from mushroom_pipeline.warehouse.tables import (
     SliceTail,
     column_schema,
@@ -150,13 +151,13 @@ def setpoint_snapshots(
     with window_points(
         source_database, warehouse, read, points_config,
         f"setpoint_switches_{context.run_id}",
-    ) as points, quarantined_source(
+    ) as points, staging_table(warehouse, f"setpoint_fold_{context.run_id}") as fold, quarantined_source(
         context,
         source_database,
         warehouse,
         SETPOINTS_LEDGER,
         SOURCE_COLUMNS,
-        partial(quarantine_relation, switches=points.switches_table),
+        partial(fold_and_quarantine, warehouse=warehouse, switches=points.switches_table, fold=fold),
         column_types(QUARANTINE_SCHEMA),
         config.allow_shrink,
         read=read,
@@ -164,7 +165,7 @@ def setpoint_snapshots(
     ) as source, staged_baselines(
         source_database, warehouse, read, points, f"setpoint_baselines_{context.run_id}"
     ) as (earlier, found):
-        relation = snapshots_relation(source.table, read, earlier, points.switches_table)
+        relation = snapshots_relation(fold, earlier)
         if tail:
             # Every stored row of the day is at or before the watermark (plan_snapshots_tail):
             # the tail's snapshots, and the baselines of its points first seen after it, are new.

@@ -74,51 +74,62 @@ def _valid(table: str, where: str, switches: str, join: str = "") -> str:
     )
 
 
-def _conflicts(table: str, window: dg.TimeWindow, switches: str) -> str:
-    """Keys at which one snapshot time carries different values: no value can be trusted."""
+def _fold(table: str, window: dg.TimeWindow, switches: str) -> str:
+    """The window's valid rows folded per point and time: the value, the rows folded
+    (identical repeats), and whether the time carries two values (a conflict: no snapshot)."""
     classified = _classified(table, window_predicate("recorded_at", window), switches)
     return (
-        f"SELECT {KEY}, recorded_at FROM ({classified}) c "
-        f"WHERE reason IS NULL GROUP BY {KEY}, recorded_at HAVING min(value) <> max(value)"
+        f"SELECT {KEY}, recorded_at, min(value) AS value, count(*) AS source_rows, "
+        f"min(value) <> max(value) AS conflicting FROM ({classified}) c WHERE reason IS NULL "
+        f"GROUP BY {KEY}, recorded_at"
     )
 
 
-def snapshots_relation(
-    table: str, window: dg.TimeWindow, earlier: str, switches: str
+def fold_and_quarantine(
+    table: str, window: dg.TimeWindow, *, warehouse: PostgresResource, switches: str, fold: str
 ) -> PostgresRelation:
-    """Valid snapshots of the window, plus for each point and day with snapshots its baseline:
-    the previous snapshot (LAG), from an earlier day of the window or from `earlier` (each
-    point's last snapshot before the window). A baseline is a copy: source_rows 0. `switches`:
-    the staged switch keys (WindowPoints.switches_table)."""
-    valid = _valid(table, window_predicate("recorded_at", window), switches)
+    """Stages the window's fold (`_fold`) as the warehouse table `fold` (a staging table the
+    caller holds until the snapshots are written) and returns the quarantine: the invalid rows
+    and the rows of the fold's conflicting times. The day is thus classified and grouped once
+    for the quarantine and the snapshots (snapshots_relation reads `fold`), as the benchmark's
+    same-output floor does. quarantined_source's factory."""
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {fold} AS {_fold(table, window, switches)}")
+        conn.exec_driver_sql(f"ANALYZE {fold}")  # joined by the quarantine's conflicts
+    classified = _classified(table, window_predicate("recorded_at", window), switches)
+    return PostgresRelation(
+        f"SELECT {KEY}, value, recorded_at, reason FROM ({classified}) c WHERE reason IS NOT NULL\n"
+        f"UNION ALL\nSELECT {KEY}, value, recorded_at, 'conflicting_duplicate' "
+        f"FROM ({classified}) c JOIN (SELECT {KEY}, recorded_at FROM {fold} WHERE conflicting) x "
+        f"USING ({KEY}, recorded_at) WHERE c.reason IS NULL"
+    )
+
+
+def snapshots_relation(fold: str, earlier: str) -> PostgresRelation:
+    """Valid snapshots of the window (its staged `fold`, conflicts left out), plus for each
+    point and day with snapshots its baseline: the previous snapshot (LAG), from an earlier day
+    of the window or from `earlier` (each point's last snapshot before the window). A baseline
+    is a copy: source_rows 0."""
     chained = (
         f"SELECT {KEY}, value, recorded_at, source_rows, in_window, "
         "lag(value) OVER w AS previous_value, lag(recorded_at) OVER w AS previous_at "
-        f"FROM (SELECT *, true AS in_window FROM ({valid}) v "
+        f"FROM (SELECT {KEY}, value, recorded_at, source_rows, true AS in_window FROM {fold} "
+        "WHERE NOT conflicting "
         f"UNION ALL SELECT {KEY}, value, recorded_at, 0, false FROM {earlier}) s "
         f"WINDOW w AS (PARTITION BY {KEY} ORDER BY recorded_at)"
     )
     # As the lookup before the window: a point silent longer than the last lookback starts afresh.
     limit = f"interval '{BASELINE_LOOKBACKS[-1].days} days'"
+    # Each chained snapshot gives itself and, when its previous one is from an earlier day, that
+    # one as its day's baseline: one pass over the chain, no second read of it.
     return PostgresRelation(
-        f"WITH chained AS ({chained})\n"
-        f"SELECT {KEY}, value, recorded_at, recorded_at::date AS day, source_rows, "
-        "false AS is_baseline FROM chained WHERE in_window\n"
-        f"UNION ALL\nSELECT {KEY}, previous_value, previous_at, recorded_at::date, 0, true "
-        "FROM chained WHERE in_window AND previous_at::date < recorded_at::date "
-        f"AND previous_at >= recorded_at::date::timestamptz - {limit}"
-    )
-
-
-def quarantine_relation(
-    table: str, window: dg.TimeWindow, switches: str
-) -> PostgresRelation:
-    classified = _classified(table, window_predicate("recorded_at", window), switches)
-    return PostgresRelation(
-        f"SELECT {KEY}, value, recorded_at, reason FROM ({classified}) c WHERE reason IS NOT NULL\n"
-        f"UNION ALL\nSELECT {KEY}, value, recorded_at, 'conflicting_duplicate' "
-        f"FROM ({classified}) c JOIN ({_conflicts(table, window, switches)}) x "
-        f"USING ({KEY}, recorded_at) WHERE c.reason IS NULL"
+        f"SELECT {', '.join(f'c.{name}' for name in KEY_TYPES)}, v.value, v.recorded_at, "
+        "c.recorded_at::date AS day, v.source_rows, v.is_baseline "
+        f"FROM ({chained}) c CROSS JOIN LATERAL (VALUES "
+        "(c.value, c.recorded_at, c.source_rows, false), "
+        "(c.previous_value, c.previous_at, 0, true)) v(value, recorded_at, source_rows, is_baseline) "
+        "WHERE c.in_window AND (NOT v.is_baseline OR (c.previous_at::date < c.recorded_at::date "
+        f"AND c.previous_at >= c.recorded_at::date::timestamptz - {limit}))"
     )
 
 
