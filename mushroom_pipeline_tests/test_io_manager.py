@@ -307,6 +307,16 @@ AMSTERDAM = "Europe/Amsterdam"
 dst_partitions = dg.DailyPartitionsDefinition(start_date="2026-03-01", timezone=AMSTERDAM)
 
 
+def day_partitions(database: PostgresResource, table: str) -> pd.DataFrame:
+    """The partitions of `table`: name and bounds, by name."""
+    from .helpers import query
+
+    return query(database, """
+        SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bounds
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = %(table)s::regclass ORDER BY 1""", table=table)
+
+
 @dg.asset(
     partitions_def=dst_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -339,10 +349,7 @@ def test_a_table_partitioned_by_day_swaps_each_days_partition(warehouse):
 
     assert run(1.0, tags=range_tags("2026-03-28", "2026-03-30")).success
     assert run(2.0, partition_key="2026-03-29").success
-    partitions = query(database, """
-        SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bounds
-        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'mushroom.daily_swapped'::regclass ORDER BY 1""")
+    partitions = day_partitions(database, "mushroom.daily_swapped")
     assert list(partitions["name"]) == ["daily_swapped_20260328", "daily_swapped_20260329",
                                         "daily_swapped_20260330"]
     # in a schema of their own: mushroom lists only the tables users read
@@ -402,10 +409,7 @@ def test_a_date_column_is_partitioned_by_the_farm_days_dates(warehouse):
 
     assert run(1.0, tags=range_tags("2026-03-28", "2026-03-30")).success
     assert run(2.0, partition_key="2026-03-29").success
-    partitions = query(database, """
-        SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bounds
-        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'mushroom.daily_dated'::regclass ORDER BY 1""")
+    partitions = day_partitions(database, "mushroom.daily_dated")
     assert list(partitions["bounds"]) == [
         "FOR VALUES FROM ('2026-03-28') TO ('2026-03-29')",
         "FOR VALUES FROM ('2026-03-29') TO ('2026-03-30')",
