@@ -23,7 +23,7 @@ from mushroom_pipeline.defs.environment.checks import (
 )
 from mushroom_pipeline.defs.environment.readings import (
     SOURCE_COLUMNS,
-    quarantine_relation,
+    classify_and_quarantine,
     readings_relation,
 )
 from mushroom_pipeline.defs.side_tables import report_side_table, side_table
@@ -45,6 +45,7 @@ from mushroom_pipeline.warehouse.sql import (
     table_exists,
     warehouse_table,
 )
+from mushroom_pipeline.warehouse.staging import staging_table
 from mushroom_pipeline.warehouse.tables import (
     column_schema,
     column_types,
@@ -121,22 +122,23 @@ def env_readings(
     warehouse: PostgresResource,
     farm_catalog: FarmCatalogResource,
 ):
-    window = context.partition_time_window
     catalog = farm_catalog.metrics()
+    # The staging tables live until the readings' INSERT … SELECT, which runs on the yield.
     with staged_frame(
         warehouse, f"metric_names_{context.run_id}", catalog.names(), NAME_TYPES
-    ) as names, quarantined_source(
+    ) as names, staging_table(warehouse, f"env_classified_{context.run_id}") as classified, quarantined_source(
         context,
         source_database,
         warehouse,
         ENV_READINGS_LEDGER,
         SOURCE_COLUMNS,
-        functools.partial(quarantine_relation, names=names),
+        functools.partial(classify_and_quarantine, warehouse=warehouse, names=names,
+                          classified=classified),
         column_types(QUARANTINE_SCHEMA),
         config.allow_shrink,
     ) as source:
         yield dg.Output(
-            readings_relation(source.table, window, names),
+            readings_relation(classified),
             metadata={**source.metadata(), "metric_catalog": catalog.source},
         )
         report_side_table(context, QUARANTINE_TABLE, source.quarantined_per_day,

@@ -6,6 +6,7 @@ lower(btrim(metric))): an alias and its canonical name are one metric with one r
 
 import dagster as dg
 
+from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.warehouse.sql import PostgresRelation, window_predicate
 
 SOURCE_COLUMNS = {
@@ -38,20 +39,29 @@ def _classified(table: str, window: dg.TimeWindow, names: str) -> str:
     )
 
 
-def readings_relation(table: str, window: dg.TimeWindow, names: str) -> PostgresRelation:
-    """Valid rows; rows sharing (room, canonical metric, measured_at) are one reading, their
-    mean, whatever names they came under. Only valid rows take part, so one bad duplicate does
-    not spoil a good one."""
+def classify_and_quarantine(
+    table: str, window: dg.TimeWindow, *, warehouse: PostgresResource, names: str, classified: str
+) -> PostgresRelation:
+    """Stages the window's rows with their reason (`_classified`) as the warehouse table
+    `classified` (a staging table the caller holds until the readings are written) and returns
+    the quarantine: its invalid rows. The day is thus read and classified once for the
+    quarantine and the readings (readings_relation reads `classified`), both from one snapshot
+    of the source, as the benchmark's same-output floor does. quarantined_source's factory."""
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE UNLOGGED TABLE {classified} AS {_classified(table, window, names)}")
     return PostgresRelation(
-        "SELECT room, metric, measured_at, avg(value) AS value, count(*) AS source_rows, "
-        "array_agg(DISTINCT source_metric ORDER BY source_metric) AS source_metrics "
-        f"FROM ({_classified(table, window, names)}) c WHERE reason IS NULL "
-        "GROUP BY room, metric, measured_at"
+        "SELECT room, metric, source_metric, measured_at, value, reason "
+        f"FROM {classified} WHERE reason IS NOT NULL"
     )
 
 
-def quarantine_relation(table: str, window: dg.TimeWindow, names: str) -> PostgresRelation:
+def readings_relation(classified: str) -> PostgresRelation:
+    """Valid rows of the staged `classified` (classify_and_quarantine); rows sharing (room,
+    canonical metric, measured_at) are one reading, their mean, whatever names they came under.
+    Only valid rows take part, so one bad duplicate does not spoil a good one."""
     return PostgresRelation(
-        "SELECT room, metric, source_metric, measured_at, value, reason "
-        f"FROM ({_classified(table, window, names)}) c WHERE reason IS NOT NULL"
+        "SELECT room, metric, measured_at, avg(value) AS value, count(*) AS source_rows, "
+        "array_agg(DISTINCT source_metric ORDER BY source_metric) AS source_metrics "
+        f"FROM {classified} WHERE reason IS NULL GROUP BY room, metric, measured_at"
     )
