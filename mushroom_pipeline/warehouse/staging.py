@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 
 from mushroom_pipeline.resources import PostgresResource
+from mushroom_pipeline.retries import UnavailableError
 from mushroom_pipeline.warehouse.frames import driver_cursor
 from mushroom_pipeline.warehouse.sql import quote_ident
 
@@ -55,6 +56,11 @@ def staging_table(database: PostgresResource, name: str) -> Iterator[str]:
         try:
             with database.begin() as conn:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        except (sa.exc.OperationalError, UnavailableError):
+            # The server or database is gone: a failed step's generator closed late, by the GC,
+            # after its run (or its test session) ended. Nothing to drop it with; the table went
+            # with its database, or the next staging drops it as abandoned.
+            pass
         finally:
             # Closing the keeper's session releases its lock: never back to the pool, no lock
             # outlives the step. No unlock is sent, so this holds too when the keeper's
