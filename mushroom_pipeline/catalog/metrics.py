@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
-
-from mushroom_pipeline.catalog.points import CatalogError
+from mushroom_pipeline.catalog.points import CatalogError, read_catalog_file
 
 DEFAULT_METRICS = Path(__file__).with_name("metrics.yaml")
 METRICS_VARIABLE = "MUSHROOM_METRIC_CATALOG"
@@ -97,10 +95,7 @@ def _metric(name, raw, where: str) -> Metric:
 def load_metric_catalog(path: str | Path | None = None) -> MetricCatalog:
     """The file at `path` (the value of MUSHROOM_METRIC_CATALOG), else the shipped catalog."""
     path = Path(path or DEFAULT_METRICS)
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise CatalogError(f"{METRICS_VARIABLE}: cannot read {path}: {err}") from err
+    document = read_catalog_file(path, METRICS_VARIABLE) or {}
     metrics = document.get("metrics") if isinstance(document, dict) else None
     if not isinstance(metrics, dict):
         raise CatalogError(f"{METRICS_VARIABLE}: {path} has no `metrics:` mapping")
