@@ -11,6 +11,7 @@ A change counts when the value moved at least the deadband: jitter strictly belo
 Switch and enum events carry the labels the catalog gives their old and new values.
 """
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,7 +191,9 @@ def _deadband_changes(connection, snapshots_sql: str, zone) -> Changes:
 
 TAIL_TABLE = "setpoint_tail"  # temporary, as the seeds: they live as long as the caller's transaction
 SEEDS_TABLE = "setpoint_seeds"
-SEED_LOOKBACK = "1 hour"  # snapshots are periodic: the last hour nearly always holds each seed
+# Snapshots are periodic: the last minutes before the tail nearly always hold each seed (as
+# BASELINE_LOOKBACKS); a point silent longer is looked for further back, at last in the whole day.
+SEED_LOOKBACKS = (dt.timedelta(minutes=10), dt.timedelta(hours=1))
 
 
 def tail_snapshots(connection: sa.Connection, window, after) -> str:
@@ -209,21 +212,22 @@ def tail_snapshots(connection: sa.Connection, window, after) -> str:
     )
     connection.exec_driver_sql(
         f"CREATE TEMPORARY TABLE {SEEDS_TABLE} ON COMMIT DROP AS "
-        f"SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at FROM {snapshots} "
-        f"JOIN (SELECT DISTINCT {KEY} FROM {TAIL_TABLE}) k USING ({KEY}) "
-        f"WHERE recorded_at > %(after)s - interval '{SEED_LOOKBACK}' AND recorded_at <= %(after)s "
-        f"AND recorded_at >= %(start)s AND NOT is_baseline ORDER BY {KEY}, recorded_at DESC",
-        bounds,
+        f"SELECT {KEY}, value, recorded_at FROM {snapshots} WITH NO DATA"
     )
     unseeded = f"SELECT DISTINCT {KEY} FROM {TAIL_TABLE} EXCEPT SELECT {KEY} FROM {SEEDS_TABLE}"
-    if connection.exec_driver_sql(f"SELECT EXISTS ({unseeded})").scalar():
-        # silent for the hour before, or first seen after it: one look at the whole day
+    lookbacks = [
+        ("recorded_at > %(after)s - %(lookback)s AND recorded_at <= %(after)s "
+         "AND recorded_at >= %(start)s AND NOT is_baseline", lookback)
+        for lookback in SEED_LOOKBACKS
+    ] + [("day = %(day)s AND (is_baseline OR recorded_at <= %(after)s)", None)]  # the whole day
+    for where, lookback in lookbacks:
+        if not connection.exec_driver_sql(f"SELECT EXISTS ({unseeded})").scalar():
+            break
         connection.exec_driver_sql(
             f"INSERT INTO {SEEDS_TABLE} SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at "
-            f"FROM {snapshots} JOIN ({unseeded}) m USING ({KEY}) "
-            "WHERE day = %(day)s AND (is_baseline OR recorded_at <= %(after)s) "
+            f"FROM {snapshots} JOIN ({unseeded}) m USING ({KEY}) WHERE {where} "
             f"ORDER BY {KEY}, recorded_at DESC",
-            bounds,
+            {**bounds, "lookback": lookback},
         )
     for table in (TAIL_TABLE, SEEDS_TABLE):
         connection.exec_driver_sql(f"ANALYZE {table}")  # else the planner takes them for tiny

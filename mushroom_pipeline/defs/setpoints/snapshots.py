@@ -35,9 +35,11 @@ SOURCE_COLUMNS = {
 }
 KEY = "room, device, point"
 KEY_TYPES = {"room": "text", "device": "text", "point": "text"}
-# Snapshots are periodic: the last hour before the day nearly always holds every point's
-# baseline; points silent longer are looked up further back, up to a year.
+# Snapshots are periodic (the platform's every few minutes): the last ten minutes before the
+# window nearly always hold every point's baseline, and cost an hourly tick a sixth of looking
+# back an hour; points silent longer are looked up further back, up to a year.
 BASELINE_LOOKBACKS = (
+    dt.timedelta(minutes=10),
     dt.timedelta(hours=1),
     dt.timedelta(days=1),
     dt.timedelta(days=7),
