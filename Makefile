@@ -36,6 +36,9 @@ benchmark: install
 	$(BIN)/python benchmarks/hourly_setpoints.py
 	$(BIN)/python benchmarks/clip_embeddings.py
 	$(BIN)/python benchmarks/vector_search.py
+	$(BIN)/python benchmarks/binary_copy.py
+	$(BIN)/python benchmarks/new_images_tick.py
+	$(BIN)/python benchmarks/image_embeddings_memory.py
 
 clean:
 	-$(BIN)/mushroom-pipeline db stop

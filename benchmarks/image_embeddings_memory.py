@@ -54,7 +54,7 @@ from mushroom_pipeline.defs.vision.embeddings import image_embeddings
 from mushroom_pipeline.defs.vision.manifest import image_manifest
 from mushroom_pipeline.images.describer import DescriberResource
 from mushroom_pipeline.images.encoder import ClipEncoderResource
-from mushroom_pipeline.objectstore import ObjectStoreResource
+from mushroom_pipeline.objectstore import LocalObjectStore
 
 TINY = {  # as mushroom_pipeline_tests/test_vision.py
     "embed_dim": 16,
@@ -115,7 +115,7 @@ def fill_day(store, day: dt.date, count: int, blobs: list[bytes]) -> None:
 def resources(home: str, config: Path, checkpoint: Path) -> dict:
     return {
         **database_resources(),
-        "object_store": ObjectStoreResource(home=home),
+        "object_store": LocalObjectStore(home=home),
         "clip_encoder": ClipEncoderResource(architecture=str(config), pretrained=str(checkpoint),
                                             device="cpu", batch_size=32, decode_threads=2),
         "describer": DescriberResource(model=None, device="cpu"),
@@ -191,7 +191,7 @@ def main() -> None:
     home = os.environ["MUSHROOM_HOME"]
     config, checkpoint = tiny_model(Path(tempfile.mkdtemp(prefix="tiny-clip-", dir=home)))
     res = resources(home, config, checkpoint)
-    store = res["object_store"].store()
+    store = res["object_store"]
     blobs = [jpeg(seed) for seed in range(DISTINCT_JPEGS)]
     print(f"tiny open_clip ({TINY['embed_dim']}-d, {TINY['vision_cfg']['image_size']} px), "
           f"48×40 JPEGs ({np.mean([len(b) for b in blobs]):.0f} bytes), batch 32, decode "
