@@ -110,7 +110,6 @@ CREATE TABLE floor.setpoint_snapshots AS
          SELECT FROM folded d WHERE d.in_day AND NOT d.conflicting
                                 AND (d.room, d.device, d.point) = (b.room, b.device, b.point))
      ORDER BY room, device, point, recorded_at DESC);
-CREATE INDEX ON floor.setpoint_snapshots (day);
 CREATE TABLE floor.setpoint_change_events AS
     SELECT changed_at::date AS day, l.room, l.device, l.point, changed_at, old_value, new_value,
            CASE WHEN kind = 'switch' AND new_value = 1 THEN 'switched_on'

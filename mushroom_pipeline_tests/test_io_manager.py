@@ -417,6 +417,9 @@ def test_a_date_column_is_partitioned_by_the_farm_days_dates(warehouse):
     stored = query(database, "SELECT day::text AS day, value FROM mushroom.daily_dated ORDER BY 1, 2")
     assert stored.groupby("day")["value"].agg(list).to_dict() == {
         "2026-03-28": [1.0, 1.0], "2026-03-29": [2.0, 2.0], "2026-03-30": [1.0, 1.0]}
+    # no index on the date: each day's table holds one value of it, and partition pruning finds it
+    assert query(database, "SELECT count(*) AS n FROM pg_indexes WHERE tablename LIKE "
+                 "'daily\\_dated%%'")["n"][0] == 0
 
 
 def test_a_table_made_unpartitioned_by_an_earlier_version_keeps_its_rows_and_the_delete(warehouse):

@@ -203,6 +203,9 @@ def ensure_table(
         f"CREATE INDEX ON {table} ({quote_ident(dimension.partition_expr)})"
         for dimension in table_slice.partition_dimensions or []
         if dimension.partition_expr in types
+        # a DATE column of a table partitioned by day holds one value per day's table: its index
+        # would only cost each write (a tick's 60,000 snapshots: 0.05 s of 0.07 s)
+        and not (by_day and types[dimension.partition_expr] == "date")
     ] + [statement.format(table=table) for statement in indexes]
     if defer_indexes:
         return statements

@@ -50,6 +50,7 @@ from mushroom_pipeline.settings import ConfigurationError
 from mushroom_pipeline.warehouse.frames import copy_frame
 from mushroom_pipeline.warehouse.sql import (
     PostgresRelation,
+    analyze,
     table_exists,
     warehouse_table,
 )
@@ -228,7 +229,7 @@ def temporary_frame(connection: sa.Connection, table: str, frame: pd.DataFrame,
     frame = frame[list(types)]
     if len(frame):
         copy_frame(connection, table, frame, types)
-    connection.exec_driver_sql(f"ANALYZE {table}")
+    analyze(connection, table)
 
 
 def stage_setpoints(connection: sa.Connection, pairs: pd.DataFrame, start: dt.datetime) -> None:

@@ -24,7 +24,7 @@ from mushroom_pipeline.warehouse.frames import (
     copy_frame,
     read_frame,
 )
-from mushroom_pipeline.warehouse.sql import table_exists, warehouse_table
+from mushroom_pipeline.warehouse.sql import analyze, table_exists, warehouse_table
 
 CHANGE_TYPES = {  # what the comparisons give; the labels are added from the treatments
     "day": "date",
@@ -83,7 +83,7 @@ def stage_tracked_points(connection: sa.Connection, treatments: pd.DataFrame) ->
     copy_frame(connection, POINTS_TABLE, tracked[list(POINT_TYPES)], POINT_TYPES)
     # statistics: without them the planner takes the table for 2 rows and may loop over it per
     # snapshot (a nested loop of 60,000 × 1,000 rows: 9 s for an hour's tail)
-    connection.exec_driver_sql(f"ANALYZE {POINTS_TABLE}")
+    analyze(connection, POINTS_TABLE)
 
 
 def detect_changes(connection: sa.Connection, snapshots_sql: str, treatments: pd.DataFrame) -> Changes:
@@ -230,7 +230,7 @@ def tail_snapshots(connection: sa.Connection, window, after) -> str:
             {**bounds, "lookback": lookback},
         )
     for table in (TAIL_TABLE, SEEDS_TABLE):
-        connection.exec_driver_sql(f"ANALYZE {table}")  # else the planner takes them for tiny
+        analyze(connection, table)
     return (
         f"SELECT {KEY}, value, recorded_at, day, source_rows, is_baseline FROM {TAIL_TABLE}\n"
         f"UNION ALL SELECT {KEY}, value, recorded_at, recorded_at::date, 0::bigint, true FROM {SEEDS_TABLE}"

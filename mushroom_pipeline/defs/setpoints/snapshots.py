@@ -21,6 +21,7 @@ from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.warehouse.source import staged_frame
 from mushroom_pipeline.warehouse.sql import (
     PostgresRelation,
+    analyze,
     table_exists,
     window_predicate,
 )
@@ -97,7 +98,7 @@ def fold_and_quarantine(
     same-output floor does. quarantined_source's factory."""
     with warehouse.begin() as conn:
         conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {fold} AS {_fold(table, window, switches)}")
-        conn.exec_driver_sql(f"ANALYZE {fold}")  # joined by the quarantine's conflicts
+        analyze(conn, fold, "conflicting")  # the quarantine joins its few conflicting times
     classified = _classified(table, window_predicate("recorded_at", window), switches)
     return PostgresRelation(
         f"SELECT {KEY}, value, recorded_at, reason FROM ({classified}) c WHERE reason IS NOT NULL\n"
