@@ -220,8 +220,9 @@ def tail_snapshots(connection: sa.Connection, window, after) -> str:
          "AND recorded_at >= %(start)s AND NOT is_baseline", lookback)
         for lookback in SEED_LOOKBACKS
     ] + [("day = %(day)s AND (is_baseline OR recorded_at <= %(after)s)", None)]  # the whole day
-    for where, lookback in lookbacks:
-        if not connection.exec_driver_sql(f"SELECT EXISTS ({unseeded})").scalar():
+    for step, (where, lookback) in enumerate(lookbacks):
+        # every point of the tail is unseeded before the first step
+        if step and not connection.exec_driver_sql(f"SELECT EXISTS ({unseeded})").scalar():
             break
         connection.exec_driver_sql(
             f"INSERT INTO {SEEDS_TABLE} SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at "
