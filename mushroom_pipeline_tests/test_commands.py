@@ -189,7 +189,11 @@ def test_the_ui_after_the_demo_launches_no_run_and_stops_within_10_s(demo_home, 
                               and psutil.Process(p).status() != psutil.STATUS_ZOMBIE],
                  10 - (time.monotonic() - started), "every UI process to stop", interval_s=0.2)
     finally:
+        # The whole family, not only `dagster dev`: a daemon left behind by a failed assertion
+        # goes on ticking sensors against the next run's demo home (same path), launching runs.
         if process.poll() is None:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
             process.kill()
         log.close()
         dagster_db.dispose()
