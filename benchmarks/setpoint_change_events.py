@@ -62,12 +62,13 @@ WHERE recorded_at >= %(start)s AND recorded_at < %(end)s
 # once (first failing reason), folded once per point and time (identical repeats count as
 # source_rows, two values at one time are no snapshot), each point's baseline its last valid
 # snapshot before the day (within the pipeline's longest lookback, 366 days), the events one LAG
-# over the persisted snapshots, labelled by the catalog.
+# over the persisted snapshots (partitioned by each point's ordinal, as the pipeline's),
+# labelled by the catalog.
 FLOOR_SQL = """
 CREATE TEMP TABLE points ON COMMIT DROP AS
     SELECT * FROM unnest(%(rooms)s::text[], %(devices)s::text[], %(points)s::text[],
-                         %(kinds)s::text[], %(tracked)s::boolean[])
-                  AS p(room, device, point, kind, tracked);
+                         %(kinds)s::text[], %(tracked)s::boolean[]) WITH ORDINALITY
+                  AS p(room, device, point, kind, tracked, ordinal);
 CREATE TEMP TABLE labels ON COMMIT DROP AS
     SELECT * FROM unnest(%(label_rooms)s::text[], %(label_devices)s::text[],
                          %(label_points)s::text[], %(label_values)s::float8[],
@@ -119,7 +120,7 @@ CREATE TABLE floor.setpoint_change_events AS
     FROM (
         SELECT room, device, point, kind, is_baseline, recorded_at AS changed_at,
                value AS new_value,
-               lag(value) OVER (PARTITION BY room, device, point ORDER BY recorded_at) AS old_value
+               lag(value) OVER (PARTITION BY ordinal ORDER BY recorded_at) AS old_value
         FROM floor.setpoint_snapshots JOIN points USING (room, device, point) WHERE tracked
     ) l
     LEFT JOIN labels o ON (o.room, o.device, o.point, o.value) = (l.room, l.device, l.point, old_value)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
 from mushroom_pipeline.catalog.points import CatalogError, read_catalog_file
 
 DEFAULT_METRICS = Path(__file__).with_name("metrics.yaml")

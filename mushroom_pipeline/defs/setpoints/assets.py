@@ -151,13 +151,16 @@ def setpoint_snapshots(
     with window_points(
         source_database, warehouse, read, points_config,
         f"setpoint_switches_{context.run_id}",
-    ) as points, staging_table(warehouse, f"setpoint_fold_{context.run_id}") as fold, quarantined_source(
+    ) as points, staging_table(warehouse, f"setpoint_fold_{context.run_id}") as fold, staging_table(
+        warehouse, f"setpoint_fold_points_{context.run_id}"
+    ) as fold_points, quarantined_source(
         context,
         source_database,
         warehouse,
         SETPOINTS_LEDGER,
         SOURCE_COLUMNS,
-        partial(fold_and_quarantine, warehouse=warehouse, switches=points.switches_table, fold=fold),
+        partial(fold_and_quarantine, warehouse=warehouse, switches=points.switches_table, fold=fold,
+                points=fold_points),
         column_types(QUARANTINE_SCHEMA),
         config.allow_shrink,
         read=read,
@@ -165,7 +168,7 @@ def setpoint_snapshots(
     ) as source, staged_baselines(
         source_database, warehouse, read, points, f"setpoint_baselines_{context.run_id}"
     ) as (earlier, found):
-        relation = snapshots_relation(fold, earlier)
+        relation = snapshots_relation(fold, fold_points, earlier)
         if tail:
             # Every stored row of the day is at or before the watermark (plan_snapshots_tail):
             # the tail's snapshots, and the baselines of its points first seen after it, are new.
@@ -290,7 +293,7 @@ def setpoint_change_events(
 SWITCH_STATS_SQL = """
 WITH switches AS (
     SELECT {key}, value, greatest(recorded_at, '{start}'::timestamptz) AS t0,
-           coalesce(lead(recorded_at) OVER (PARTITION BY {key} ORDER BY recorded_at),
+           coalesce(lead(recorded_at) OVER (PARTITION BY p.ordinal ORDER BY recorded_at),
                     least('{end}'::timestamptz, now())) AS t1
     FROM ({snapshots}) s JOIN {points} p USING ({key})
     WHERE p.kind = 'switch'

@@ -19,7 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from mushroom_pipeline.catalog.points import PointConfig
-from mushroom_pipeline.defs.setpoints.snapshots import KEY
+from mushroom_pipeline.defs.setpoints.snapshots import KEY, KEY_TYPES
 from mushroom_pipeline.warehouse.frames import (
     copy_frame,
     read_frame,
@@ -48,7 +48,7 @@ REFERENCE_TYPES = {
 TREATMENT_COLUMNS = ["room", "device", "point", "kind", "deadband", "excluded", "configured",
                      "labels"]
 POINT_TYPES = {"room": "text", "device": "text", "point": "text", "kind": "text",
-               "deadband": "double precision"}
+               "deadband": "double precision", "ordinal": "integer"}
 POINTS_TABLE = "tracked_points"  # temporary: lives as long as the caller's transaction
 
 
@@ -79,8 +79,12 @@ def stage_tracked_points(connection: sa.Connection, treatments: pd.DataFrame) ->
         f"CREATE TEMPORARY TABLE {POINTS_TABLE} "
         f"({', '.join(f'{c} {t}' for c, t in POINT_TYPES.items())}) ON COMMIT DROP"
     )
-    tracked = treatments[~treatments["excluded"]]
-    copy_frame(connection, POINTS_TABLE, tracked[list(POINT_TYPES)], POINT_TYPES)
+    # `ordinal` numbers the points in their sort order: the windows over a point's snapshots
+    # partition by it, one integer, where three text columns made each comparison of their sort
+    # three string comparisons (an hour's 61,000 snapshots: 97 → 28 ms; a day's: 3.5 → 0.9 s)
+    tracked = treatments[~treatments["excluded"]].sort_values(list(KEY_TYPES))
+    copy_frame(connection, POINTS_TABLE, tracked.assign(ordinal=range(len(tracked)))[list(POINT_TYPES)],
+               POINT_TYPES)
     # statistics: without them the planner takes the table for 2 rows and may loop over it per
     # snapshot (a nested loop of 60,000 × 1,000 rows: 9 s for an hour's tail)
     analyze(connection, POINTS_TABLE)
@@ -126,7 +130,7 @@ def _exact_changes(connection, snapshots_sql: str) -> pd.DataFrame:
         FROM (
             -- a baseline sorts after the snapshot it copies (the next day's, in a range)
             SELECT {KEY}, kind, is_baseline, recorded_at AS changed_at, value AS new_value,
-                   lag(value) OVER (PARTITION BY {KEY} ORDER BY recorded_at, is_baseline)
+                   lag(value) OVER (PARTITION BY ordinal ORDER BY recorded_at, is_baseline)
                        AS old_value
             FROM ({snapshots_sql}) s JOIN {POINTS_TABLE} p USING ({KEY})
             WHERE p.deadband = 0
@@ -156,7 +160,7 @@ def _deadband_changes(connection, snapshots_sql: str, zone) -> Changes:
         f"LEFT JOIN {_stored_references(connection)} r ON s.is_baseline "
         "AND r.day = s.recorded_at::date AND (r.room, r.device, r.point) = (s.room, s.device, s.point) "
         # a baseline sorts after the snapshot it copies: it only ever opens a point's first day
-        f"WHERE p.deadband > 0 ORDER BY {s_key}, s.recorded_at, s.is_baseline",
+        f"WHERE p.deadband > 0 ORDER BY p.ordinal, s.recorded_at, s.is_baseline",
         {"room": "text", "device": "text", "point": "text", "value": "double precision",
          "recorded_at": "timestamptz", "day": "date", "is_baseline": "boolean",
          "deadband": "double precision", "stored": "double precision"},

@@ -89,16 +89,23 @@ def _fold(table: str, window: dg.TimeWindow, switches: str) -> str:
 
 
 def fold_and_quarantine(
-    table: str, window: dg.TimeWindow, *, warehouse: PostgresResource, switches: str, fold: str
+    table: str, window: dg.TimeWindow, *, warehouse: PostgresResource, switches: str, fold: str,
+    points: str,
 ) -> PostgresRelation:
-    """Stages the window's fold (`_fold`) as the warehouse table `fold` (a staging table the
-    caller holds until the snapshots are written) and returns the quarantine: the invalid rows
-    and the rows of the fold's conflicting times. The day is thus classified and grouped once
-    for the quarantine and the snapshots (snapshots_relation reads `fold`), as the benchmark's
-    same-output floor does. quarantined_source's factory."""
+    """Stages the window's fold (`_fold`) as the warehouse table `fold`, and its points with
+    their ordinals as `points` (staging tables the caller holds until the snapshots are
+    written), and returns the quarantine: the invalid rows and the rows of the fold's
+    conflicting times. The day is thus classified and grouped once for the quarantine and the
+    snapshots (snapshots_relation reads both), as the benchmark's same-output floor does.
+    quarantined_source's factory."""
     with warehouse.begin() as conn:
         conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {fold} AS {_fold(table, window, switches)}")
         analyze(conn, fold, "conflicting")  # the quarantine joins its few conflicting times
+        # Points without a valid snapshot in the window chain nothing (snapshots_relation).
+        conn.exec_driver_sql(
+            f"CREATE UNLOGGED TABLE {points} AS SELECT {KEY}, row_number() OVER () AS ordinal "
+            f"FROM (SELECT DISTINCT {KEY} FROM {fold} WHERE NOT conflicting) d")
+        analyze(conn, points)  # a few rows: hashed, not the fold sorted to merge with them
     classified = _classified(table, window_predicate("recorded_at", window), switches)
     return PostgresRelation(
         f"SELECT {KEY}, value, recorded_at, reason FROM ({classified}) c WHERE reason IS NOT NULL\n"
@@ -108,18 +115,21 @@ def fold_and_quarantine(
     )
 
 
-def snapshots_relation(fold: str, earlier: str) -> PostgresRelation:
+def snapshots_relation(fold: str, points: str, earlier: str) -> PostgresRelation:
     """Valid snapshots of the window (its staged `fold`, conflicts left out), plus for each
     point and day with snapshots its baseline: the previous snapshot (LAG), from an earlier day
     of the window or from `earlier` (each point's last snapshot before the window). A baseline
-    is a copy: source_rows 0."""
+    is a copy: source_rows 0. `points`: the fold's points and their ordinals."""
+    # The chain partitions by the point's ordinal, one integer, where three text columns made
+    # each comparison of its sort three string comparisons (1.44 M snapshots: 3.5 → 0.9 s).
     chained = (
         f"SELECT {KEY}, value, recorded_at, source_rows, in_window, "
         "lag(value) OVER w AS previous_value, lag(recorded_at) OVER w AS previous_at "
         f"FROM (SELECT {KEY}, value, recorded_at, source_rows, true AS in_window FROM {fold} "
         "WHERE NOT conflicting "
         f"UNION ALL SELECT {KEY}, value, recorded_at, 0, false FROM {earlier}) s "
-        f"WINDOW w AS (PARTITION BY {KEY} ORDER BY recorded_at)"
+        f"JOIN {points} p USING ({KEY}) "
+        "WINDOW w AS (PARTITION BY ordinal ORDER BY recorded_at)"
     )
     # As the lookup before the window: a point silent longer than the last lookback starts afresh.
     limit = f"interval '{BASELINE_LOOKBACKS[-1].days} days'"
