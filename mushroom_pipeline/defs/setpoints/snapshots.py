@@ -67,13 +67,13 @@ def _classified(table: str, where: str, switches: str) -> str:
     return f"SELECT {KEY}, value, recorded_at, {_reason(switches)} AS reason FROM {table} WHERE {where}"
 
 
-def _valid(table: str, where: str, switches: str, join: str = "") -> str:
-    """Valid snapshots, identical repeats folded (source_rows); a time of a point with two
-    values is no snapshot. `join` narrows the rows before they are grouped."""
+def _valid(table: str, where: str, switches: str, points: str) -> str:
+    """Valid snapshots of `points` (a FROM item of their keys and ordinals), by ordinal:
+    identical repeats folded (source_rows); a time of a point with two values is no snapshot."""
     return (
-        f"SELECT {KEY}, min(value) AS value, recorded_at, count(*) AS source_rows "
-        f"FROM ({_classified(table, where, switches)}) c {join} WHERE reason IS NULL "
-        f"GROUP BY {KEY}, recorded_at HAVING min(value) = max(value)"
+        "SELECT ordinal, min(value) AS value, recorded_at, count(*) AS source_rows "
+        f"FROM ({_classified(table, where, switches)}) c JOIN {points} USING ({KEY}) "
+        "WHERE reason IS NULL GROUP BY ordinal, recorded_at HAVING min(value) = max(value)"
     )
 
 
@@ -152,8 +152,11 @@ def _arrays(prefix: str, keys: Collection[tuple]) -> dict[str, list]:
     return {f"{prefix}{name}": column for name, column in zip(KEY_TYPES, columns)}
 
 
-def _unnested(prefix: str, alias: str) -> str:
+def _unnested(prefix: str, alias: str, ordinal: bool = False) -> str:
+    """The bound keys as a FROM item; `ordinal`: numbered (1, 2, …)."""
     arrays = ", ".join(f"%({prefix}{name})s::text[]" for name in KEY_TYPES)
+    if ordinal:
+        return f"unnest({arrays}) WITH ORDINALITY AS {alias}({KEY}, ordinal)"
     return f"unnest({arrays}) AS {alias}({KEY})"
 
 
@@ -189,7 +192,8 @@ def find_baselines(
     source: PostgresResource, window: dg.TimeWindow, points: WindowPoints
 ) -> pd.DataFrame:
     """Each point of the window's last valid snapshot before it, looking back step by step."""
-    wanted = f"JOIN {_unnested('', 'w')} USING ({KEY})"
+    # grouped and sorted by each point's ordinal: one integer, not three text columns
+    wanted = _unnested("", "w", ordinal=True)
     switches = _unnested("switch_", "sw")
     found: list[tuple] = []
     missing = set(points.keys)
@@ -199,9 +203,9 @@ def find_baselines(
                 break
             before = window_predicate("recorded_at", dg.TimeWindow(window.start - lookback, window.start))
             rows = conn.exec_driver_sql(
-                f"SELECT DISTINCT ON ({KEY}) {KEY}, value, recorded_at "
-                f"FROM ({_valid(SOURCE_TABLE, before, switches, wanted)}) v "
-                f"ORDER BY {KEY}, recorded_at DESC",
+                f"SELECT {KEY}, value, recorded_at FROM (SELECT DISTINCT ON (ordinal) ordinal, "
+                f"value, recorded_at FROM ({_valid(SOURCE_TABLE, before, switches, wanted)}) v "
+                f"ORDER BY ordinal, recorded_at DESC) b JOIN {wanted} USING (ordinal)",
                 {**_arrays("", missing), **_arrays("switch_", points.switches)},
             ).all()
             found.extend(rows)
