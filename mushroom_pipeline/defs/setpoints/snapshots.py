@@ -121,7 +121,8 @@ def snapshots_relation(fold: str, points: str, earlier: str) -> PostgresRelation
     of the window or from `earlier` (each point's last snapshot before the window). A baseline
     is a copy: source_rows 0. `points`: the fold's points and their ordinals."""
     # The chain partitions by the point's ordinal, one integer, where three text columns made
-    # each comparison of its sort three string comparisons (1.44 M snapshots: 3.5 → 0.9 s).
+    # each comparison of its sort up to three string comparisons (an hourly tick's 61,000
+    # snapshots: the sort 83 → 24 ms).
     chained = (
         f"SELECT {KEY}, value, recorded_at, source_rows, in_window, "
         "lag(value) OVER w AS previous_value, lag(recorded_at) OVER w AS previous_at "
