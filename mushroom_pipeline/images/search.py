@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mushroom_pipeline.defs.vision.embeddings import room_bucket
 from mushroom_pipeline.defs.vision.health import NEAR_DUPLICATE_COSINE
 from mushroom_pipeline.images.context import (
     NEAREST_READINGS_SQL,
@@ -31,11 +32,11 @@ EF_SEARCH = 100
 # scan of them answers (recall 1 by construction) instead of the HNSW iterative scan, whose
 # recall falls where a selective filter leaves the query's neighbourhood nearly empty (0.70 on
 # the benchmark's noise floor). benchmarks/vector_search.py --sweep-days, 300k clustered 512-d
-# vectors, one room of 10 and 1–30 days, each path forced (benchmarks/README.md): up to 4,649
-# rows the exact path costs at most 1.3× the HNSW path (70 against 53 ms p50) where the HNSW
-# path's recall@10 has fallen to 0.71; past that it climbs to 160–195 ms (6,989–9,969 rows,
-# the vectors read out of TOAST) against HNSW's 30–50 ms at recall 0.79–0.89. 5,000 also
-# covers the 100k noise floor (room + 30 days: about 3,300 rows).
+# vectors, one room of 10 and 7–30 days, each path forced, the room's bucket walked
+# (benchmarks/README.md): up to 4,672 rows the exact path costs 28–46 ms p50 where the walk's
+# recall@10 is 0.75–0.82; past that it climbs to 63–93 ms (7,000–10,000 rows, the vectors read
+# out of TOAST) against the walk's 13–15 ms at recall 0.91–0.95. 5,000 also covers the 100k
+# noise floor (room + 30 days: about 3,300 rows).
 EXACT_SCAN_MAX_ROWS = 5_000
 CHANGES_TABLE = warehouse_table("setpoint_change_events")
 RECENT_CHANGE_HOURS = 6  # a hit's context: the room's setpoint changes this long before capture
@@ -158,12 +159,19 @@ def nearest(
         )
         params["first_growth_day"], params["last_growth_day"] = growth_days
     cheap = list(filters)  # what the count and the exact scan's btree serve
+    if room:  # implied by the room's filter; it lets the planner walk the bucket's own index
+        filters.append(f"{room_bucket('e.room')} = {room_bucket('%(room)s')}")
     environment = [_condition_sql(condition, n, params) for n, condition in enumerate(where)]
     filters += environment
     params["vector"] = vector
     bound = EXACT_SCAN_MAX_ROWS if exact_max_rows is None else exact_max_rows
     with warehouse.begin() as conn:
         register_vectors(conn)
+        # Planned for this search's values, never generically: psycopg prepares a statement
+        # sent 5 times on a connection, and Postgres's generic plan of it cannot pick the room
+        # bucket's partial index nor weigh the day range (a process searching repeatedly got
+        # 46 ms per search where the custom plan takes 3 ms: benchmarks/README.md).
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         batches = table_exists(conn, BATCHES_TABLE)
         if growth_days and not batches:
             raise LookupError(f"{BATCHES_TABLE} does not exist: materialize room_batches first")
