@@ -27,6 +27,8 @@ strategy (an exact scan when at most EXACT_SCAN_MAX_ROWS rows pass room and days
 `--no-where`: room and days only (issue 13's case). `--sweep-days 1,3,7,30`: per day range, both
 paths forced, to place EXACT_SCAN_MAX_ROWS. `--partial-room`: a partial HNSW index on one room
 and that room's searches through it. `--storage main`: the vectors kept in the heap, not TOAST.
+`--without-room-buckets`: last, a day's write with and without the room buckets' partial HNSW
+indexes, then the same asks through the full index alone.
 """
 
 import argparse
@@ -39,14 +41,18 @@ import pandas as pd
 from _common import RESOURCES
 from dagster._core.storage.db_io_manager import TableSlice
 
-from mushroom_pipeline.defs.vision.embeddings import EMBEDDING_INDEXES
+from mushroom_pipeline.defs.vision.embeddings import EMBEDDING_INDEXES, ROOM_BUCKETS
 from mushroom_pipeline.images.context import READINGS_TABLE
 from mushroom_pipeline.images.search import (
     EXACT_SCAN_MAX_ROWS,
     Condition,
     nearest,
 )
-from mushroom_pipeline.warehouse.frames import copy_frame, register_vectors
+from mushroom_pipeline.warehouse.frames import (
+    copy_frame,
+    copy_frame_binary,
+    register_vectors,
+)
 from mushroom_pipeline.warehouse.io_manager import replace_table_slice
 
 MODEL = "bench/clustered"
@@ -55,6 +61,8 @@ READING_TYPES = {"room": "text", "metric": "text", "measured_at": "timestamptz",
 FIRST_DAY = pd.Timestamp("2025-06-01")
 READING_EVERY = pd.Timedelta(minutes=5)
 RANGE_DAYS = 30
+EMBEDDING_TYPES = {"day": "date", "room": "text", "object_key": "text", "model": "text",
+                   "captured_at": "timestamptz", "embedding": "vector"}
 
 
 def mixture(count: int, dim: int, centres: np.ndarray, spread: float, rng) -> np.ndarray:
@@ -104,6 +112,9 @@ def main() -> None:
     parser.add_argument("--partial-room", action="store_true",
                         help="filtered part: also a partial HNSW index on one room (WHERE room = "
                              "'601'), and that room's asks through it")
+    parser.add_argument("--without-room-buckets", action="store_true",
+                        help="filtered part, last: a day's write with and without the room "
+                             "buckets' partial indexes, and the asks through the full index alone")
     parser.add_argument("--sweep-days", default="",
                         help="comma-separated day ranges (1,3,7,30): per range, the exact scan "
                              "and the HNSW scan forced, to place EXACT_SCAN_MAX_ROWS")
@@ -129,8 +140,7 @@ def main() -> None:
         conn.exec_driver_sql("DROP SCHEMA IF EXISTS mushroom CASCADE")
     began = time.perf_counter()
     replace_table_slice(warehouse, TableSlice(table="image_embeddings", schema="mushroom"),
-                        frame, {"day": "date", "room": "text", "object_key": "text", "model": "text",
-                                "captured_at": "timestamptz", "embedding": "vector"})
+                        frame, EMBEDDING_TYPES)
     if args.storage != "default":  # the vectors rewritten under another storage
         with warehouse.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE mushroom.rewritten (LIKE mushroom.image_embeddings)")
@@ -152,11 +162,13 @@ def main() -> None:
         for statement in EMBEDDING_INDEXES:
             began = time.perf_counter()
             conn.exec_driver_sql(statement.format(table="mushroom.image_embeddings"))
-            kind = "HNSW" if "hnsw" in statement else "unique" if "UNIQUE" in statement else "btree"
-            built[kind] = time.perf_counter() - began
+            kind = ("room buckets" if "room_bucket" in statement else "HNSW" if "hnsw" in statement
+                    else "unique" if "UNIQUE" in statement else "btree")
+            built[kind] = built.get(kind, 0.0) + time.perf_counter() - began
         conn.exec_driver_sql("ANALYZE mushroom.image_embeddings")
     print(f"{args.vectors:,} vectors × {args.dim} in {args.clusters} clusters: binary COPY "
           f"{loaded:.1f} s; index builds: HNSW (m=16, ef_construction=64) {built['HNSW']:.1f} s, "
+          f"{ROOM_BUCKETS} room buckets' partial HNSW {built['room buckets']:.1f} s, "
           f"unique {built['unique']:.1f} s, (model, room, day) {built['btree']:.1f} s")
 
     readings = humidity_readings(args.rooms, args.days, rng)
@@ -174,7 +186,18 @@ def main() -> None:
     humid = np.ones(len(frame), bool) if args.no_where else reading_at_capture(frame, readings) >= 90
     if args.sweep_days:
         sweep(warehouse, frame, vectors, humid, queries, args, rng)
-    filtered(warehouse, frame, vectors, humid, queries, args, rng)
+    # --without-room-buckets: 3 days of new images after the last, drawn apart (the asks stay)
+    fresh = np.random.default_rng(11)
+    per_day = args.vectors // args.days
+    new_days = [pd.DataFrame({
+        "day": (FIRST_DAY + pd.Timedelta(days=args.days + n)).date(),
+        "room": [str(601 + r) for r in fresh.integers(0, args.rooms, per_day)],
+        "object_key": [f"new/{n}/{k:06d}.jpg" for k in range(per_day)],
+        "model": MODEL,
+        "captured_at": FIRST_DAY.tz_localize("UTC") + pd.Timedelta(days=args.days + n, hours=12),
+        "embedding": list(mixture(per_day, args.dim, centres, args.spread, fresh)),
+    }) for n in range(3)] if args.without_room_buckets else []
+    filtered(warehouse, frame, vectors, humid, queries, args, rng, new_days)
     print(f"\ncommand: python {' '.join(sys.argv)}")
 
 
@@ -297,7 +320,7 @@ def sweep(warehouse, frame, vectors, humid, queries, args, rng) -> None:
 
 
 def filtered(warehouse, frame: pd.DataFrame, vectors: np.ndarray, humid: np.ndarray,
-             queries: np.ndarray, args, rng) -> None:
+             queries: np.ndarray, args, rng, new_days: list) -> None:
     asks = filter_asks(frame, vectors, humid, queries, args.range_days, args, rng)
     condition = "" if args.no_where else (
         f" + humidity_pct>=90 at capture time ({humid.mean():.0%} of the images)")
@@ -344,12 +367,45 @@ def filtered(warehouse, frame: pd.DataFrame, vectors: np.ndarray, humid: np.ndar
             print(f"| {label}, ef_search={ef}{gathered} [{paths}] | {r['p50']:.1f} | "
                   f"{r['p95']:.1f} | {r['recall']:.3f} (worst query {r['worst']:.1f}) | "
                   f"{r['p50'] / p50_exact:.2f}× | {r['excess']:.4f} |", flush=True)
-    if args.partial_room:
-        partial_room(warehouse, frame, vectors, humid, queries, args, rng)
     query, room, first, last, *_ = asks[0]
     for label, bound in (("composite", None), ("HNSW alone", HNSW_ONLY)):
         print(f"\nplan of one filtered query, {label} (EXPLAIN ANALYZE, ef_search=100):")
         print(explain(warehouse, query, room, first, last, args, bound))
+    if args.without_room_buckets:
+        without_room_buckets(warehouse, asks, args, p50_exact, new_days)
+    if args.partial_room:
+        partial_room(warehouse, frame, vectors, humid, queries, args, rng)
+
+
+def without_room_buckets(warehouse, asks, args, p50_exact: float, new_days: list) -> None:
+    """What the room buckets' partial indexes cost a day's write and give the filtered search:
+    a day of new images (new vectors of the same mixture) inserted with them, another without
+    them, and the same asks through the full index alone (the search before the buckets)."""
+    written = {}
+    # the first write warms the pages the later ones read: it is timed, not compared
+    for label, day in zip(("first", "with", "without"), new_days):
+        if label == "without":
+            with warehouse.begin() as conn:
+                for bucket in range(ROOM_BUCKETS):
+                    conn.exec_driver_sql(f"DROP INDEX mushroom.image_embeddings_room_bucket_{bucket}")
+                conn.exec_driver_sql("ANALYZE mushroom.image_embeddings")
+        with warehouse.begin() as conn:
+            began = time.perf_counter()
+            copy_frame_binary(conn, "mushroom.image_embeddings", day, EMBEDDING_TYPES)
+            written[label] = (len(day), time.perf_counter() - began)
+    print(f"\na day's write ({written['with'][0]:,} new images, binary COPY, after a first day of "
+          f"{written['first'][1]:.2f} s): with the room buckets {written['with'][1]:.2f} s, "
+          f"full index only {written['without'][1]:.2f} s")
+    print("\nthe same asks, the full HNSW index only (the room buckets dropped):\n"
+          "\n| filtered search | p50 ms | p95 ms | recall@10 | p50 vs exact | distance excess |"
+          "\n|---|---:|---:|---:|---:|---:|")
+    for ef in [int(e) for e in args.filtered_ef.split(",")]:
+        for label, bound in (("composite", None), ("HNSW iterative scan alone", HNSW_ONLY)):
+            r = run_nearest(warehouse, asks, args, ef_search=ef, exact_max_rows=bound)
+            paths = ", ".join(f"{n} {k}" for k, n in sorted(r["strategies"].items()))
+            print(f"| {label}, full index only, ef_search={ef} [{paths}] | {r['p50']:.1f} | "
+                  f"{r['p95']:.1f} | {r['recall']:.3f} (worst query {r['worst']:.1f}) | "
+                  f"{r['p50'] / p50_exact:.2f}× | {r['excess']:.4f} |", flush=True)
 
 
 def partial_room(warehouse, frame, vectors, humid, queries, args, rng) -> None:
