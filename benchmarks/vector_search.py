@@ -363,10 +363,7 @@ def filtered(warehouse, frame: pd.DataFrame, vectors: np.ndarray, humid: np.ndar
                              for b in bounds] + [("HNSW iterative scan alone", HNSW_ONLY)]:
             r = run_nearest(warehouse, asks, args, ef_search=ef, candidates=candidates,
                             exact_max_rows=bound)
-            paths = ", ".join(f"{n} {k}" for k, n in sorted(r["strategies"].items()))
-            print(f"| {label}, ef_search={ef}{gathered} [{paths}] | {r['p50']:.1f} | "
-                  f"{r['p95']:.1f} | {r['recall']:.3f} (worst query {r['worst']:.1f}) | "
-                  f"{r['p50'] / p50_exact:.2f}× | {r['excess']:.4f} |", flush=True)
+            print_row(f"{label}, ef_search={ef}{gathered}", r, p50_exact)
     query, room, first, last, *_ = asks[0]
     for label, bound in (("composite", None), ("HNSW alone", HNSW_ONLY)):
         print(f"\nplan of one filtered query, {label} (EXPLAIN ANALYZE, ef_search=100):")
@@ -402,10 +399,15 @@ def without_room_buckets(warehouse, asks, args, p50_exact: float, new_days: list
     for ef in [int(e) for e in args.filtered_ef.split(",")]:
         for label, bound in (("composite", None), ("HNSW iterative scan alone", HNSW_ONLY)):
             r = run_nearest(warehouse, asks, args, ef_search=ef, exact_max_rows=bound)
-            paths = ", ".join(f"{n} {k}" for k, n in sorted(r["strategies"].items()))
-            print(f"| {label}, full index only, ef_search={ef} [{paths}] | {r['p50']:.1f} | "
-                  f"{r['p95']:.1f} | {r['recall']:.3f} (worst query {r['worst']:.1f}) | "
-                  f"{r['p50'] / p50_exact:.2f}× | {r['excess']:.4f} |", flush=True)
+            print_row(f"{label}, full index only, ef_search={ef}", r, p50_exact)
+
+
+def print_row(label: str, r: dict, p50_exact: float) -> None:
+    """One filtered search's row: the paths `nearest` took, latency, recall, the excess."""
+    paths = ", ".join(f"{n} {k}" for k, n in sorted(r["strategies"].items()))
+    print(f"| {label} [{paths}] | {r['p50']:.1f} | {r['p95']:.1f} | {r['recall']:.3f} "
+          f"(worst query {r['worst']:.1f}) | {r['p50'] / p50_exact:.2f}× | {r['excess']:.4f} |",
+          flush=True)
 
 
 def partial_room(warehouse, frame, vectors, humid, queries, args, rng) -> None:
