@@ -84,7 +84,8 @@ def home_lock(home: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         os.close(fd)
 
 
-_urls: dict[tuple[Path, str], str] = {}
+# (home, database) → its URL and the postmaster that serves it
+_servers: dict[tuple[Path, str], tuple[str, psutil.Process]] = {}
 
 
 def our_postmaster(pgdata: Path) -> psutil.Process | None:
@@ -166,12 +167,13 @@ def server_url(home: Path, database: str = WAREHOUSE_DATABASE) -> str:
 
     The warehouse and Dagster databases are created on first start, with pgvector in the
     warehouse, all under the lock of `home` (see the module's docstring). Cheap while the server
-    runs: one look at its postmaster.
+    runs: whether the postmaster found last time still runs (its PID and start time; every
+    connection of a run asks, 40 times an hourly tick).
     """
     home = Path(home).absolute()
-    cached = _urls.get((home, database))
-    if cached and our_postmaster(_pgdata(home)) is not None:
-        return cached
+    cached = _servers.get((home, database))
+    if cached and cached[1].is_running():
+        return cached[0]
     with home_lock(home):
         server = _running_server(_pgdata(home))
         admin = sa.create_engine(
@@ -189,7 +191,9 @@ def server_url(home: Path, database: str = WAREHOUSE_DATABASE) -> str:
             with engine.begin() as conn:
                 conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
             engine.dispose()
-    _urls[(home, database)] = url
+    postmaster = our_postmaster(_pgdata(home))
+    if postmaster is not None:
+        _servers[(home, database)] = (url, postmaster)
     return url
 
 

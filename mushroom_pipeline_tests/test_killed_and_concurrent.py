@@ -46,6 +46,25 @@ def staging_tables(warehouse) -> list[str]:
                  )["tablename"].tolist()
 
 
+def test_a_staging_table_is_held_while_in_use_then_released_on_a_pooled_connection(warehouse):
+    """The keeper's session lock marks the table as in use (another staging leaves it alone);
+    on exit the table is dropped, the lock released, and the keeper's connection goes back to
+    the pool (a new connection per staged table cost every hourly tick 4 of them)."""
+    advisory = ("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    with staging_table(warehouse, "held") as table:
+        with warehouse.begin() as conn:
+            conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {table} (x int)")
+        with staging_table(warehouse, "another"):  # its staging looks for abandoned tables
+            assert "held" in staging_tables(warehouse)
+        keepers = query(warehouse, advisory)["pid"].tolist()
+        assert len(keepers) == 1
+    assert staging_tables(warehouse) == []
+    assert query(warehouse, advisory).empty
+    alive = query(warehouse, f"SELECT pid FROM pg_stat_activity WHERE pid = {keepers[0]}")
+    assert alive["pid"].tolist() == keepers  # pooled, not closed
+
+
 def test_leaving_a_staging_table_after_its_database_went_away_raises_nothing(warehouse):
     """A failed step's generator can be closed by the GC after its run, its server or database
     already gone (seen at the end of a test session): leaving staging_table must not raise then.

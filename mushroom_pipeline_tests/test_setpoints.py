@@ -501,6 +501,20 @@ def test_the_shipped_catalog_reads_every_point_of_the_farm_as_the_contract_says(
     assert winners == set(range(len(config.rules)))
 
 
+def test_a_catalog_edited_in_place_is_read_again_and_an_unchanged_one_parsed_once(tmp_path):
+    """Each load reads the file: an edit between two runs of one process (a sensor, the
+    daemon) is seen by the next, though the treatments are remembered per catalog."""
+    path = tmp_path / "points.yaml"
+    path.write_text(yaml.safe_dump({"rules": [{"point": "temp_set", "kind": "analog", "deadband": 0.5}]}))
+    first = load_point_config(path)
+    assert first.treatment("601", "air_cooler_601", "temp_set").deadband == 0.5
+    assert load_point_config(path) is first  # the same text: parsed once, its treatments kept
+    path.write_text(yaml.safe_dump({"rules": [{"point": "temp_set", "kind": "enum"}]}))
+    edited = load_point_config(path)
+    assert edited.treatment("601", "air_cooler_601", "temp_set") == PointTreatment("enum", 0.0, False, True, {})
+    assert first.treatment("601", "air_cooler_601", "temp_set").deadband == 0.5
+
+
 def labelled_events(warehouse) -> list[list]:
     frame = query(
         warehouse,

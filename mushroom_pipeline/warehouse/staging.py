@@ -21,19 +21,23 @@ def _keeper_lock(table: str) -> str:
 
 def drop_abandoned_staging(database: PostgresResource) -> list[str]:
     """Drops the staging tables no live step holds (see staging_table): what a run killed
-    mid-step (kill -9, OOM, a lost node) left behind. Returns their names."""
+    mid-step (kill -9, OOM, a lost node) left behind. Returns their names. One transaction:
+    a step stages several tables, and each staging asks this first."""
     with database.begin() as conn:
         tables = [f"{quote_ident(schema)}.{quote_ident(name)}" for schema, name in conn.exec_driver_sql(
             "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = %s", (STAGING_SCHEMA,)
         )]
-    dropped = []
-    for table in tables:
-        with database.begin() as conn:
-            if conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
-                                    (_keeper_lock(table),)).scalar():
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-                dropped.append(table)
-    return dropped
+        if not tables:
+            return []
+        # the lock of each table nobody holds, kept until the drops commit
+        abandoned = [table for (table,) in conn.exec_driver_sql(
+            "SELECT name FROM unnest(%s::text[], %s::text[]) AS t(name, lock) "
+            "WHERE pg_try_advisory_xact_lock(hashtext(lock))",
+            (tables, [_keeper_lock(table) for table in tables]),
+        )]
+        for table in abandoned:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+    return abandoned
 
 
 @contextmanager
@@ -48,9 +52,8 @@ def staging_table(database: PostgresResource, name: str) -> Iterator[str]:
     try:
         # held before the table exists: a table nobody holds is always abandoned
         keeper.exec_driver_sql("SELECT pg_advisory_lock(hashtext(%s))", (_keeper_lock(table),))
+        keeper.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
         keeper.commit()
-        with database.begin() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
         yield table
     finally:
         try:
@@ -62,11 +65,23 @@ def staging_table(database: PostgresResource, name: str) -> Iterator[str]:
             # with its database, or the next staging drops it as abandoned.
             pass
         finally:
-            # Closing the keeper's session releases its lock: never back to the pool, no lock
-            # outlives the step. No unlock is sent, so this holds too when the keeper's
-            # connection is already gone (a failed step's generator closed late, by the GC).
-            keeper.invalidate()
-            keeper.close()
+            _release(keeper, table)
+
+
+def _release(keeper: sa.Connection, table: str) -> None:
+    """The keeper's lock released and its connection back to the pool (a new connection per
+    staged table cost an hourly tick 4 of them); when the unlock cannot be confirmed (the
+    connection is gone: a failed step's generator closed late, by the GC), the connection is
+    discarded instead, which ends its session and so its lock: never back to the pool with it."""
+    try:
+        released = keeper.exec_driver_sql(
+            "SELECT pg_advisory_unlock(hashtext(%s))", (_keeper_lock(table),)).scalar()
+        keeper.commit()
+    except Exception:
+        released = False
+    if not released:
+        keeper.invalidate()
+    keeper.close()
 
 
 @contextmanager

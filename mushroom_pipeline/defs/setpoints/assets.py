@@ -13,6 +13,7 @@ from mushroom_pipeline.defs.setpoints.changes import (
     REFERENCE_TYPES,
     REFERENCES_TABLE,
     detect_changes,
+    distinct_points,
     point_treatments,
     stage_tracked_points,
     tail_snapshots,
@@ -233,8 +234,12 @@ def setpoint_change_events(
     window = context.partition_time_window
     references = time_slice(REFERENCES_TABLE, "day", window)
     with warehouse.begin() as conn:
-        snapshots = tail_snapshots(conn, window, tail.after) if tail else setpoint_snapshots.sql
-        treatments = point_treatments(conn, snapshots, config)
+        if tail:
+            snapshots, points = tail_snapshots(conn, window, tail.after)
+        else:
+            snapshots = setpoint_snapshots.sql
+            points = distinct_points(snapshots)
+        treatments = point_treatments(conn, points, config)
         changes = detect_changes(conn, snapshots, treatments)
     # Written first, as the quarantine is: a failed write of the events re-runs both.
     keys = changes.references
@@ -367,7 +372,7 @@ def switch_daily_stats(
     )
     with warehouse.begin() as conn:
         # the catalog's switches, as the change events read them (batch and excluded points: none)
-        treatments = point_treatments(conn, setpoint_snapshots.sql, farm_catalog.points())
+        treatments = point_treatments(conn, distinct_points(setpoint_snapshots.sql), farm_catalog.points())
         stage_tracked_points(conn, treatments)
         stats = read_frame(conn, sql, column_types(SWITCH_STATS_SCHEMA))
     return dg.Output(
