@@ -7,7 +7,6 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 
 from mushroom_pipeline.resources import PostgresResource
-from mushroom_pipeline.retries import UnavailableError
 from mushroom_pipeline.warehouse.frames import driver_cursor
 from mushroom_pipeline.warehouse.sql import quote_ident
 
@@ -21,22 +20,27 @@ def _keeper_lock(table: str) -> str:
 
 def drop_abandoned_staging(database: PostgresResource) -> list[str]:
     """Drops the staging tables no live step holds (see staging_table): what a run killed
-    mid-step (kill -9, OOM, a lost node) left behind. Returns their names. One transaction:
-    a step stages several tables, and each staging asks this first."""
+    mid-step (kill -9, OOM, a lost node) left behind. Returns their names."""
     with database.begin() as conn:
-        tables = [f"{quote_ident(schema)}.{quote_ident(name)}" for schema, name in conn.exec_driver_sql(
-            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = %s", (STAGING_SCHEMA,)
-        )]
-        if not tables:
-            return []
-        # the lock of each table nobody holds, kept until the drops commit
-        abandoned = [table for (table,) in conn.exec_driver_sql(
-            "SELECT name FROM unnest(%s::text[], %s::text[]) AS t(name, lock) "
-            "WHERE pg_try_advisory_xact_lock(hashtext(lock))",
-            (tables, [_keeper_lock(table) for table in tables]),
-        )]
-        for table in abandoned:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        return _drop_abandoned(conn)
+
+
+def _drop_abandoned(conn: sa.Connection) -> list[str]:
+    """drop_abandoned_staging in `conn`'s transaction: one for all tables (a step stages
+    several, and each staging asks first)."""
+    tables = [f"{quote_ident(schema)}.{quote_ident(name)}" for schema, name in conn.exec_driver_sql(
+        "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = %s", (STAGING_SCHEMA,)
+    )]
+    if not tables:
+        return []
+    # the lock of each table nobody holds, kept until the drops commit
+    abandoned = [table for (table,) in conn.exec_driver_sql(
+        "SELECT name FROM unnest(%s::text[], %s::text[]) AS t(name, lock) "
+        "WHERE pg_try_advisory_xact_lock(hashtext(lock))",
+        (tables, [_keeper_lock(table) for table in tables]),
+    )]
+    for table in abandoned:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
     return abandoned
 
 
@@ -44,44 +48,44 @@ def drop_abandoned_staging(database: PostgresResource) -> list[str]:
 def staging_table(database: PostgresResource, name: str) -> Iterator[str]:
     """The qualified name of a table in mushroom_staging for one step (`name` unique to it), to
     create and fill; dropped on exit. While in use it is held by a session advisory lock on a
-    connection of its own, so a process killed mid-step leaves a table nobody holds, and the
-    next staging of any step drops it."""
+    connection of its own, the keeper, so a process killed mid-step leaves a table nobody
+    holds, and the next staging of any step drops it. The keeper comes from the pool and goes
+    back to it (a new connection per staged table cost an hourly tick 4 of them), its lock and
+    the table's drop in one transaction each way."""
     table = f"{quote_ident(STAGING_SCHEMA)}.{quote_ident(name)}"
-    drop_abandoned_staging(database)
     keeper = database.get_engine().connect()
     try:
-        # held before the table exists: a table nobody holds is always abandoned
+        # held before the table exists: a table nobody holds is always abandoned (a table of
+        # this name left by a killed try of this step is too: this session's lock is its own)
         keeper.exec_driver_sql("SELECT pg_advisory_lock(hashtext(%s))", (_keeper_lock(table),))
         keeper.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
+        _drop_abandoned(keeper)
         keeper.commit()
         yield table
     finally:
-        try:
-            with database.begin() as conn:
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-        except (sa.exc.OperationalError, UnavailableError):
-            # The server or database is gone: a failed step's generator closed late, by the GC,
-            # after its run (or its test session) ended. Nothing to drop it with; the table went
-            # with its database, or the next staging drops it as abandoned.
-            pass
-        finally:
-            _release(keeper, table)
+        _drop_and_release(keeper, table)
 
 
-def _release(keeper: sa.Connection, table: str) -> None:
-    """The keeper's lock released and its connection back to the pool (a new connection per
-    staged table cost an hourly tick 4 of them); when the unlock cannot be confirmed (the
-    connection is gone: a failed step's generator closed late, by the GC), the connection is
-    discarded instead, which ends its session and so its lock: never back to the pool with it."""
+def _drop_and_release(keeper: sa.Connection, table: str) -> None:
+    """The table dropped and the keeper's lock released, its connection back to the pool. When
+    that cannot be confirmed, the connection is discarded instead, which ends its session and so
+    its lock: never back to the pool with it."""
+    released = False
     try:
+        keeper.rollback()  # when its first transaction failed: the session's lock outlives it
+        keeper.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
         released = keeper.exec_driver_sql(
             "SELECT pg_advisory_unlock(hashtext(%s))", (_keeper_lock(table),)).scalar()
         keeper.commit()
-    except Exception:
+    except sa.exc.OperationalError:
+        # The server or database is gone: a failed step's generator closed late, by the GC,
+        # after its run (or its test session) ended. Nothing to drop it with; the table went
+        # with its database, or the next staging drops it as abandoned.
         released = False
-    if not released:
-        keeper.invalidate()
-    keeper.close()
+    finally:
+        if not released:
+            keeper.invalidate()
+        keeper.close()
 
 
 @contextmanager
