@@ -17,6 +17,7 @@ from pydantic import Field
 
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.retries import UnavailableError
+from mushroom_pipeline.warehouse.frames import copy_frame
 from mushroom_pipeline.warehouse.io_manager import (
     PostgresClient,
     replace_table_slice,
@@ -24,12 +25,12 @@ from mushroom_pipeline.warehouse.io_manager import (
 from mushroom_pipeline.warehouse.sql import (
     WAREHOUSE_SCHEMA,
     PostgresRelation,
+    quote_ident,
     table_exists,
     warehouse_table,
     window_predicate,
 )
 from mushroom_pipeline.warehouse.staging import (
-    STAGING_SCHEMA,
     source_table,
     staging_table,
 )
@@ -52,7 +53,11 @@ def staged_frame(
     and values stay data, never SQL text); yields its qualified name, dropped on exit. Lives
     until after the asset's output is written (a relation's INSERT … SELECT)."""
     with staging_table(warehouse, name) as table:
-        replace_table_slice(warehouse, TableSlice(table=name, schema=STAGING_SCHEMA), frame, types)
+        with warehouse.begin() as conn:
+            # the step's own table: created and filled, no slice of a shared table to replace
+            conn.exec_driver_sql(
+                f"CREATE UNLOGGED TABLE {table} ({', '.join(f'{quote_ident(c)} {t}' for c, t in types.items())})")
+            copy_frame(conn, table, frame[list(types)], types)
         yield table
 
 
