@@ -40,6 +40,27 @@ def _remove_server() -> None:
     shutil.rmtree(home, ignore_errors=True)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and the benchmark's Postgres server (the
+    postmaster, its live backends, and those that exited, which it reaped): a measure of the
+    work that the wall clock's noise on a shared machine leaves alone."""
+    import psutil
+
+    own = psutil.Process().cpu_times()
+    postmaster = embedded.our_postmaster(load_settings().home.absolute() / "pgdata")
+    total = own.user + own.system
+    if postmaster is not None:
+        times = postmaster.cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+        for child in postmaster.children():
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:  # exited meanwhile: counted by the postmaster next time
+                pass
+    return total
+
+
 def timed_run(assets, fresh: bool = False, **run) -> float:
     """Seconds of one in-process Dagster run; `fresh`: into empty output tables."""
     if fresh:

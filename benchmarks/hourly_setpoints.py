@@ -11,7 +11,10 @@ Then one daily run of the whole day (untagged: the full path) re-materializes it
 run into an empty warehouse; the day's snapshots and events of the ticks and of the daily run
 are compared row for row (EXCEPT ALL both ways, in the database). Each daily run is timed
 `--repeats` times (the median; the spread printed): one daily run spreads ±5 % between runs,
-which moved the ratio as much as a change of the ticks did. `--late-row`: a snapshot
+which moved the ratio as much as a change of the ticks did. Beside the wall clock: the CPU
+seconds of this process and the server (the ratio of the work, less moved by other load on a
+shared machine), and Dagster alone: 24 runs of two no-op assets shaped as a tick (what a tick
+pays whatever the pipeline does), with the ratio left without them. `--late-row`: a snapshot
 recorded at 03:10:30 arrives after the 05:05 tick (a setpoint of 99: 2 more events), so the
 06:05 tick re-reads the whole day.
 """
@@ -25,7 +28,7 @@ import time
 
 import dagster as dg
 import pandas as pd
-from _common import RESOURCES, reset_source
+from _common import RESOURCES, cpu_seconds, reset_source
 from setpoint_change_events import ASSETS, DAY, snapshots
 
 from mushroom_pipeline.defs.setpoints.incremental import MODE_TAG, SINCE_WATERMARK
@@ -34,6 +37,7 @@ from mushroom_pipeline.partitions import daily_partitions
 from mushroom_pipeline.warehouse.frames import copy_frame
 
 TABLES = {"setpoint_snapshots": "day", "setpoint_change_events": "day"}
+CPU: list[float] = []  # each run's CPU seconds (this process and the server), in order
 
 
 class NoWrites(dg.ConfigurableIOManager):
@@ -76,10 +80,12 @@ def dagster_floor(ticks: int) -> float:
 
 
 def run(instance, tagged: bool, key: str) -> tuple[float, dict]:
+    cpu_before = cpu_seconds()
     began = time.perf_counter()
     result = dg.materialize(ASSETS, partition_key=key, resources=RESOURCES, instance=instance,
                             tags={MODE_TAG: SINCE_WATERMARK} if tagged else None)
     seconds = time.perf_counter() - began
+    CPU.append(cpu_seconds() - cpu_before)
     assert result.success
     metadata = result.asset_materializations_for_node("setpoint_snapshots")[0].metadata
     return seconds, {name: value.value for name, value in metadata.items()}
@@ -140,8 +146,9 @@ def main() -> None:
         modes.append(metadata["mode"])
         read.append(metadata["source_rows_read"])
     day_rows = metadata["source_rows"]
+    tick_cpu = sum(CPU[-24:])  # the ticks' runs: the last 24
     keep("ticks")
-    dailies, firsts = [], []
+    dailies, firsts, first_cpus = [], [], []
     for _ in range(args.repeats):
         seconds, daily_metadata = run(instance, False, key)  # one daily run: the day re-materialized
         assert daily_metadata["mode"] == "full" and daily_metadata["source_rows_read"] == day_rows
@@ -151,6 +158,7 @@ def main() -> None:
         with RESOURCES["warehouse"].begin() as conn:
             conn.exec_driver_sql("DROP SCHEMA IF EXISTS mushroom CASCADE")
         firsts.append(run(dg.DagsterInstance.ephemeral(), False, key)[0])  # one daily run, empty warehouse
+        first_cpus.append(CPU[-1])
     keep("first")
     daily, first = statistics.median(dailies), statistics.median(firsts)
     floor = dagster_floor(24)
@@ -176,6 +184,9 @@ def main() -> None:
     print(f"| ratio, ticks / daily run into an empty warehouse | {total / first:.2f}× |")
     print(f"| mean tick / the last tick | {total / 24:.2f} / {ticks[-1]:.2f} |")
     print(f"| Dagster alone, 24 runs shaped as a tick (no work) | {floor:.2f} |")
+    first_cpu = statistics.median(first_cpus)
+    print(f"| CPU seconds (this process and the server): 24 ticks / a first run (median) / ratio | "
+          f"{tick_cpu:.2f} / {first_cpu:.2f} / {tick_cpu / first_cpu:.2f}× |")
     print(f"| ratio without Dagster's runs: (ticks − 24 of them) / (first run − 1 of them) | "
           f"{(total - floor) / (first - floor / 24):.2f}× |")
     print(f"\nrows differing (must be 0): {diff}")
