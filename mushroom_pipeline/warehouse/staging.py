@@ -18,21 +18,14 @@ def _keeper_lock(table: str) -> str:
     return f"staging in use: {table}"
 
 
-def drop_abandoned_staging(database: PostgresResource) -> list[str]:
-    """Drops the staging tables no live step holds (see staging_table): what a run killed
-    mid-step (kill -9, OOM, a lost node) left behind. Returns their names."""
-    with database.begin() as conn:
-        return _drop_abandoned(conn)
-
-
-def _drop_abandoned(conn: sa.Connection) -> list[str]:
-    """drop_abandoned_staging in `conn`'s transaction: one for all tables (a step stages
-    several, and each staging asks first)."""
+def _drop_abandoned(conn: sa.Connection) -> None:
+    """Drops, in `conn`'s transaction, the staging tables no live step holds (see
+    staging_table): what a run killed mid-step (kill -9, OOM, a lost node) left behind."""
     tables = [f"{quote_ident(schema)}.{quote_ident(name)}" for schema, name in conn.exec_driver_sql(
         "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = %s", (STAGING_SCHEMA,)
     )]
     if not tables:
-        return []
+        return
     # the lock of each table nobody holds, kept until the drops commit
     abandoned = [table for (table,) in conn.exec_driver_sql(
         "SELECT name FROM unnest(%s::text[], %s::text[]) AS t(name, lock) "
@@ -41,7 +34,6 @@ def _drop_abandoned(conn: sa.Connection) -> list[str]:
     )]
     for table in abandoned:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-    return abandoned
 
 
 @contextmanager
