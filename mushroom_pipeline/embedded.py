@@ -162,6 +162,15 @@ def create_database(conn: sa.Connection, name: str) -> bool:
     return True
 
 
+def _still_runs(process: psutil.Process) -> bool:
+    """The same process (its PID and start time), not exited: a server this process started and
+    then stopped stays a zombie, which psutil counts as running, until this process reaps it."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def server_url(home: Path, database: str = WAREHOUSE_DATABASE) -> str:
     """Starts the embedded server if it is not running and returns a psycopg2 URL for `database`.
 
@@ -172,7 +181,7 @@ def server_url(home: Path, database: str = WAREHOUSE_DATABASE) -> str:
     """
     home = Path(home).absolute()
     cached = _servers.get((home, database))
-    if cached and cached[1].is_running():
+    if cached and _still_runs(cached[1]):
         return cached[0]
     with home_lock(home):
         server = _running_server(_pgdata(home))
