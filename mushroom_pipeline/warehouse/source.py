@@ -25,7 +25,7 @@ from mushroom_pipeline.warehouse.io_manager import (
 from mushroom_pipeline.warehouse.sql import (
     WAREHOUSE_SCHEMA,
     PostgresRelation,
-    quote_ident,
+    column_definitions,
     table_exists,
     warehouse_table,
     window_predicate,
@@ -55,8 +55,7 @@ def staged_frame(
     with staging_table(warehouse, name) as table:
         with warehouse.begin() as conn:
             # the step's own table: created and filled, no slice of a shared table to replace
-            conn.exec_driver_sql(
-                f"CREATE UNLOGGED TABLE {table} ({', '.join(f'{quote_ident(c)} {t}' for c, t in types.items())})")
+            conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {table} ({column_definitions(types)})")
             copy_frame(conn, table, frame[list(types)], types)
         yield table
 

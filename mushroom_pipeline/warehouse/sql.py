@@ -27,6 +27,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def column_definitions(types: Mapping[str, str]) -> str:
+    """`{column: Postgres type}` as a CREATE TABLE's column list."""
+    return ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
+
+
 def qualified_name(table_slice: TableSlice) -> str:
     return f"{quote_ident(table_slice.schema)}.{quote_ident(table_slice.table)}"
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from mushroom_pipeline.resources import PostgresResource
 from mushroom_pipeline.warehouse.frames import driver_cursor
-from mushroom_pipeline.warehouse.sql import quote_ident
+from mushroom_pipeline.warehouse.sql import column_definitions, quote_ident
 
 STAGING_SCHEMA = "mushroom_staging"
 
@@ -102,7 +102,7 @@ def source_table(
         with warehouse.begin() as conn:
             conn.exec_driver_sql(
                 f"CREATE UNLOGGED TABLE {staged} "
-                f"({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})"
+                f"({column_definitions(columns)})"
             )
             _stream_copy(
                 source, f"COPY (SELECT {selects} FROM {table} WHERE {where}) TO STDOUT WITH (FORMAT binary)",

@@ -17,6 +17,7 @@ from dagster._core.storage.db_io_manager import (
 from mushroom_pipeline.warehouse.frames import copy_frame, copy_frame_binary
 from mushroom_pipeline.warehouse.sql import (
     PostgresRelation,
+    column_definitions,
     qualified_name,
     quote_ident,
     slice_table_exists,
@@ -196,7 +197,7 @@ def ensure_table(
                     f"ALTER TABLE {table} ADD COLUMN {quote_ident(column)} {pg_type}"
                 )
         return []
-    columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
+    columns = column_definitions(types)
     partitioning = f" PARTITION BY RANGE ({_time_column(table_slice)})" if by_day else ""
     connection.exec_driver_sql(f"CREATE TABLE {table} ({columns}){partitioning}")
     statements = [

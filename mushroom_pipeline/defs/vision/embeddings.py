@@ -50,6 +50,7 @@ from mushroom_pipeline.warehouse.io_manager import (
 from mushroom_pipeline.warehouse.source import time_slice
 from mushroom_pipeline.warehouse.sql import (
     WAREHOUSE_SCHEMA,
+    column_definitions,
     quote_ident,
     table_column_types,
     table_exists,
@@ -467,8 +468,8 @@ def image_embeddings(
     text_vectors = TextVectors(encoder, clip_encoder.batch_size)
     with staging_table(warehouse, f"image_failures_{context.run_id}") as failures_table:
         with warehouse.begin() as conn:
-            columns = ", ".join(f"{quote_ident(c)} {t}" for c, t in column_types(FAILURES_SCHEMA).items())
-            conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {failures_table} ({columns})")
+            conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {failures_table} "
+                                 f"({column_definitions(column_types(FAILURES_SCHEMA))})")
 
         def write(rows: list[dict], failures: list[dict]) -> None:
             """One chunk, committed: its vectors are kept whatever happens next."""
